@@ -1,0 +1,506 @@
+"""Argument parsing -> one client call -> printing. The CLI is a client of the socket only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+from pydantic import BaseModel, ValidationError
+
+from interlock import __version__
+from interlock.config import config_path, load_config, resolve_paths
+from interlock.domain import Event, Job, JobFilter, JobSpec, JobState, LaneStatus
+from interlock.errors import InterlockError
+from interlock.ipc.client import Client, ClientError, RemoteError, connect
+from interlock.ipc.protocol import LaneChange
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """The command line asks for something malformed (exit 2)."""
+
+
+# -- output helpers ------------------------------------------------------------------
+
+
+def _emit_json(value: Any) -> None:
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    elif isinstance(value, list):
+        value = [
+            item.model_dump(mode="json") if isinstance(item, BaseModel) else item for item in value
+        ]
+    print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [len(header) for header in headers]
+    for row in rows:
+        widths = [max(width, len(cell)) for width, cell in zip(widths, row, strict=True)]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(headers, widths, strict=True)).rstrip()
+    ]
+    for row in rows:
+        lines.append(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    return "\n".join(lines)
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f}m"
+    if seconds < 86400:
+        return f"{seconds // 3600:.0f}h{(seconds % 3600) // 60:02.0f}m"
+    return f"{seconds // 86400:.0f}d{(seconds % 86400) // 3600:.0f}h"
+
+
+def _when(at: float | None) -> str:
+    if at is None:
+        return "-"
+    return datetime.fromtimestamp(at).astimezone().isoformat(timespec="milliseconds")
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _job_line(job: Job) -> str:
+    return f"job {job.id} {job.kind} in lane {job.lane}: {job.state.value}"
+
+
+def _event_rows(events: Sequence[Event]) -> list[list[str]]:
+    rows = []
+    for event in events:
+        change = ""
+        if event.from_state != event.to_state or event.from_state is None:
+            change = f"{event.from_state.value if event.from_state else '-'} -> "
+            change += event.to_state.value if event.to_state else "-"
+        rows.append(
+            [
+                _when(event.at),
+                event.type.value,
+                change,
+                event.trigger.value if event.trigger else "",
+                _clip(event.note, 70),
+            ]
+        )
+    return rows
+
+
+def _print_events(events: Sequence[Event]) -> None:
+    print(_table(["AT", "EVENT", "STATE", "TRIGGER", "NOTE"], _event_rows(events)))
+
+
+def _print_job(job: Job) -> None:
+    fields: list[tuple[str, str]] = [
+        ("id", str(job.id)),
+        ("kind", job.kind),
+        ("state", job.state.value),
+        ("lane", job.lane),
+        ("priority", str(job.priority)),
+        ("project", job.project or "-"),
+        ("key", job.key or "-"),
+        ("trigger", job.trigger.value),
+        ("reason", job.reason or "-"),
+        ("parent", str(job.parent_id) if job.parent_id else "-"),
+        ("root", str(job.root_id)),
+        ("attempts", f"{job.attempts} of {job.max_attempts}"),
+        ("created", _when(job.created_at)),
+        ("not before", _when(job.not_before) if job.not_before > job.created_at else "-"),
+        ("started", _when(job.started_at)),
+        ("finished", _when(job.finished_at)),
+        (
+            "lease",
+            f"{job.lease_holder} until {_when(job.lease_expires_at)}" if job.lease_holder else "-",
+        ),
+        ("payload", json.dumps(job.payload, ensure_ascii=False)),
+        ("result", json.dumps(job.result, ensure_ascii=False) if job.result is not None else "-"),
+        ("error", job.error or "-"),
+    ]
+    width = max(len(name) for name, _ in fields)
+    for name, value in fields:
+        print(f"{name.rjust(width)}  {value}")
+
+
+def _print_lanes(lanes: Sequence[LaneStatus]) -> None:
+    now = time.time()
+    rows = [
+        [
+            lane.name,
+            "paused" if lane.paused else "open",
+            f"{lane.running}/{lane.concurrency}",
+            f"{lane.queued}/{lane.max_depth}",
+            _age(now - lane.oldest_queued_at) if lane.oldest_queued_at else "-",
+        ]
+        for lane in lanes
+    ]
+    print(_table(["LANE", "STATUS", "RUNNING", "QUEUED", "OLDEST"], rows))
+
+
+# -- commands -----------------------------------------------------------------------------
+
+Command = Callable[[Client, argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+async def cmd_submit(client: Client, args: argparse.Namespace) -> int:
+    try:
+        payload = json.loads(args.payload) if args.payload else {}
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--payload is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise UsageError("--payload must be a JSON object, like '{\"seconds\": 5}'")
+    try:
+        spec = JobSpec(
+            kind=args.kind,
+            payload=payload,
+            key=args.key,
+            lane=args.lane,
+            priority=args.priority,
+            project=args.project,
+            reason=args.reason or "",
+            parent_id=args.parent,
+            source="cli",
+        )
+    except ValidationError as exc:
+        raise UsageError(_validation_sentence(exc)) from None
+    result = await client.submit(spec)
+    if args.json:
+        _emit_json(
+            {
+                "id": result.job.id,
+                "state": result.job.state.value,
+                "duplicate": result.duplicate,
+                "job": result.job.model_dump(mode="json"),
+            }
+        )
+    elif result.duplicate:
+        print(f"duplicate: {_job_line(result.job)} already holds key {result.job.key!r}")
+    else:
+        print(f"queued {_job_line(result.job)}")
+    return EXIT_OK
+
+
+async def cmd_ls(client: Client, args: argparse.Namespace) -> int:
+    try:
+        states = tuple(JobState(state) for state in args.state or ())
+    except ValueError:
+        raise UsageError(
+            f"--state must be one of: {', '.join(state.value for state in JobState)}"
+        ) from None
+    page = await client.list_jobs(JobFilter(states=states, lane=args.lane, limit=args.limit))
+    if args.json:
+        _emit_json([_job_summary(job) for job in page.jobs])
+        return EXIT_OK
+    now = time.time()
+    rows = [
+        [
+            str(job.id),
+            job.kind,
+            job.lane,
+            job.state.value,
+            str(job.priority),
+            f"{job.attempts}/{job.max_attempts}",
+            _clip(job.key or "-", 24),
+            _age(now - job.created_at),
+            _clip(job.reason or "-", 40),
+        ]
+        for job in page.jobs
+    ]
+    if rows:
+        print(_table(["ID", "KIND", "LANE", "STATE", "PRI", "TRIES", "KEY", "AGE", "REASON"], rows))
+    else:
+        print("no jobs")
+    return EXIT_OK
+
+
+def _job_summary(job: Job) -> dict[str, Any]:
+    data = job.model_dump(mode="json")
+    return data
+
+
+async def cmd_show(client: Client, args: argparse.Namespace) -> int:
+    detail = await client.get(args.id)
+    if args.json:
+        _emit_json(detail)
+        return EXIT_OK
+    _print_job(detail.job)
+    print()
+    _print_events(detail.events)
+    return EXIT_OK
+
+
+async def cmd_why(client: Client, args: argparse.Namespace) -> int:
+    why = await client.why(args.id)
+    if args.json:
+        _emit_json(why)
+        return EXIT_OK
+    for depth, job in enumerate(why.chain):
+        indent = "  " * depth
+        who = f"{job.trigger.value}"
+        reason = f": {job.reason}" if job.reason else ""
+        print(
+            f"{indent}{'└─ ' if depth else ''}job {job.id} {job.kind} [{job.state.value}] asked by {who} at {_when(job.created_at)}{reason}"
+        )
+    print()
+    _print_events(why.events)
+    return EXIT_OK
+
+
+async def cmd_wait(client: Client, args: argparse.Namespace, notes: Any) -> int:
+    await client.subscribe()
+    job = (await client.get(args.id)).job  # read after subscribing, so no transition slips by
+    timeout = math.inf if args.timeout is None else args.timeout
+    with anyio.move_on_after(timeout):
+        while not job.state.is_terminal:
+            notice = await notes.receive()
+            if isinstance(notice, Event) and notice.job_id == args.id and notice.to_state:
+                job = (await client.get(args.id)).job
+    timed_out = not job.state.is_terminal
+    if args.json:
+        _emit_json(
+            {
+                "id": job.id,
+                "state": job.state.value,
+                "timed_out": timed_out,
+                "job": job.model_dump(mode="json"),
+            }
+        )
+    elif timed_out:
+        print(f"timed out after {args.timeout:g}s: {_job_line(job)}", file=sys.stderr)
+    else:
+        print(
+            _job_line(job) + (f" ({job.error})" if job.error and job.state != JobState.DONE else "")
+        )
+    return EXIT_OK if job.state == JobState.DONE else EXIT_FAILED
+
+
+async def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
+    job = (await client.cancel(args.id)).job
+    _emit_json(job) if args.json else print(f"cancelled {_job_line(job)}")
+    return EXIT_OK
+
+
+async def cmd_retry(client: Client, args: argparse.Namespace) -> int:
+    job = (await client.retry(args.id)).job
+    _emit_json(job) if args.json else print(f"requeued {_job_line(job)}")
+    return EXIT_OK
+
+
+async def cmd_lanes(client: Client, args: argparse.Namespace) -> int:
+    lanes = (await client.lanes()).lanes
+    _emit_json(lanes) if args.json else _print_lanes(lanes)
+    return EXIT_OK
+
+
+async def cmd_pause(client: Client, args: argparse.Namespace) -> int:
+    lanes = (await client.pause(args.lane, args.reason or "")).lanes
+    _emit_json(lanes[0]) if args.json else print(
+        f"lane {args.lane} paused: running jobs finish, nothing new starts"
+    )
+    return EXIT_OK
+
+
+async def cmd_resume(client: Client, args: argparse.Namespace) -> int:
+    lanes = (await client.resume(args.lane)).lanes
+    _emit_json(lanes[0]) if args.json else print(f"lane {args.lane} resumed")
+    return EXIT_OK
+
+
+async def cmd_health(client: Client, args: argparse.Namespace) -> int:
+    health = await client.health()
+    if args.json:
+        _emit_json(health)
+        return EXIT_OK
+    print(
+        f"interlock {health.version}: {health.status}, pid {health.pid}, up {_age(health.uptime_seconds)}"
+    )
+    print(f"store   {health.store_path}")
+    print(f"socket  {health.socket_path}")
+    counts = ", ".join(f"{count} {state}" for state, count in health.jobs.items() if count)
+    print(f"jobs    {counts or 'none'}")
+    print(f"clients {health.connections} connected, {health.subscribers} subscribed")
+    print()
+    _print_lanes(health.lanes)
+    return EXIT_OK
+
+
+def _validation_sentence(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"])
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+# -- parsing ---------------------------------------------------------------------------------
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 0 or math.isnan(value):
+        raise argparse.ArgumentTypeError("must be zero or more")
+    return value
+
+
+def _job_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a job id is a positive integer, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a job id is a positive integer, not {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print one JSON document")
+    common.add_argument("--config", metavar="PATH", help="config file (default: $INTERLOCK_CONFIG)")
+
+    parser = argparse.ArgumentParser(
+        prog="interlock", description="A control plane for AI-agent work on one workstation."
+    )
+    parser.add_argument("--version", action="version", version=f"interlock {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("daemon", parents=[common], help="run the daemon in the foreground")
+
+    p = sub.add_parser("submit", parents=[common], help="submit a job")
+    p.add_argument("kind")
+    p.add_argument("--payload", metavar="JSON", help="the job's input, a JSON object")
+    p.add_argument("--key", help="idempotency key: a live job with this key is returned instead")
+    p.add_argument("--lane")
+    p.add_argument("--priority", type=int, default=0, help="higher runs sooner (-1000..1000)")
+    p.add_argument("--project")
+    p.add_argument("--reason", help="why this job exists, for `interlock why`")
+    p.add_argument("--parent", type=_job_id, metavar="ID", help="the job that asked for this one")
+
+    p = sub.add_parser("ls", parents=[common], help="list jobs, newest first")
+    p.add_argument("--state", action="append", help="only this state (repeatable)")
+    p.add_argument("--lane")
+    p.add_argument("--limit", type=int, default=50)
+
+    for name, text in (
+        ("show", "one job and its events"),
+        ("why", "why a job exists: its lineage and events"),
+        ("cancel", "cancel a live job"),
+        ("retry", "queue a dead or cancelled job again"),
+    ):
+        p = sub.add_parser(name, parents=[common], help=text)
+        p.add_argument("id", type=_job_id)
+
+    p = sub.add_parser("wait", parents=[common], help="wait until a job ends (exit 0 if done)")
+    p.add_argument("id", type=_job_id)
+    p.add_argument("--timeout", type=_positive_float, metavar="S")
+
+    sub.add_parser("lanes", parents=[common], help="lanes and their load")
+    p = sub.add_parser("pause", parents=[common], help="pause a lane")
+    p.add_argument("lane")
+    p.add_argument("--reason")
+    p = sub.add_parser("resume", parents=[common], help="resume a lane")
+    p.add_argument("lane")
+    sub.add_parser("health", parents=[common], help="is the daemon well")
+    sub.add_parser(
+        "paths", parents=[common], help="print the resolved config, store and socket paths"
+    )
+    return parser
+
+
+COMMANDS: dict[str, Command] = {
+    "submit": cmd_submit,
+    "ls": cmd_ls,
+    "show": cmd_show,
+    "why": cmd_why,
+    "cancel": cmd_cancel,
+    "retry": cmd_retry,
+    "lanes": cmd_lanes,
+    "pause": cmd_pause,
+    "resume": cmd_resume,
+    "health": cmd_health,
+}
+
+
+def _fail(message: str, code: int = EXIT_FAILED) -> int:
+    print(f"interlock: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `interlock` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        config_file = config_path(args.config)
+        config = load_config(config_file)
+    except InterlockError as exc:
+        return _fail(exc.message)
+    paths = resolve_paths(config)
+
+    if args.command == "daemon":
+        return _run_daemon(config, paths)
+    if args.command == "paths":
+        info = {
+            "config": str(config_file) if config_file else None,
+            "state": str(paths.state_dir),
+            "store": str(paths.db_path),
+            "socket": str(paths.socket_path),
+            "artifacts": str(paths.artifacts_dir),
+        }
+        if args.json:
+            _emit_json(info)
+        else:
+            for name, value in info.items():
+                print(f"{name.rjust(9)}  {value or '(built-in defaults)'}")
+        return EXIT_OK
+
+    async def call() -> int:
+        async with connect(paths.socket_path, f"interlock-cli/{__version__}") as (client, notes):
+            if args.command == "wait":
+                return await cmd_wait(client, args, notes)
+            return await COMMANDS[args.command](client, args)
+
+    try:
+        return anyio.run(call)
+    except UsageError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except RemoteError as exc:
+        return _fail(exc.message)
+    except ClientError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run_daemon(config: Any, paths: Any) -> int:
+    from interlock.daemon import Daemon, setup_logging
+
+    setup_logging(config.daemon.log_level)
+    daemon = Daemon(config, paths, handle_signals=True)
+    try:
+        anyio.run(daemon.run)
+    except InterlockError as exc:
+        return _fail(exc.message)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    return EXIT_OK
+
+
+__all__ = ["LaneChange", "Path", "main"]

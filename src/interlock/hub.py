@@ -1,0 +1,291 @@
+"""The hub: the clear boss, and the only caller of the store's write methods.
+
+Everything that wants a job to change state asks the hub; the hub checks the
+state machine in `domain`, applies the policy in `config`, asks the store to
+commit the transition with its event, and wakes the lane that has new work.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from interlock.bus import Bus, LaneNotice
+from interlock.clock import Clock
+from interlock.config import Config, RetryPolicy
+from interlock.domain import (
+    Event,
+    EventType,
+    Job,
+    JobFilter,
+    JobSpec,
+    JobState,
+    LaneStatus,
+    SubmitResult,
+    Trigger,
+    sources_of,
+)
+from interlock.errors import BadRequest, UnknownKind, UnknownLane
+from interlock.store import Change, NewJob, Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Why a job exists: the chain from its root to it, and its own events."""
+
+    chain: list[Job]
+    events: list[Event]
+
+
+def backoff_delay(policy: RetryPolicy, attempts: int, rng: random.Random) -> float:
+    """Exponential backoff with jitter: base * 2^(attempts-1), capped, then +/- jitter."""
+    delay = min(policy.backoff_max_seconds, policy.backoff_base_seconds * 2 ** max(attempts - 1, 0))
+    spread = delay * policy.backoff_jitter
+    return max(0.0, delay + rng.uniform(-spread, spread))
+
+
+class Hub:
+    """Submit, claim, finish, fail, cancel, retry, pause: every job state change goes through here."""
+
+    def __init__(
+        self,
+        store: Store,
+        bus: Bus,
+        clock: Clock,
+        config: Config,
+        kinds: Collection[str],
+        holder: str,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.clock = clock
+        self.config = config
+        self.kinds = kinds
+        self.holder = holder
+        self._rng = rng or random.Random()
+        self._wakers: dict[str, Callable[[], None]] = {}
+        self._running_scopes: dict[int, anyio.CancelScope] = {}
+        store.on_commit(bus.publish)
+
+    # -- wiring for lanes ----------------------------------------------------------
+
+    def register_lane(self, lane: str, wake: Callable[[], None]) -> None:
+        """A lane runner asks to be woken when its lane may have new work."""
+        self._wakers[lane] = wake
+
+    def _wake(self, lane: str) -> None:
+        waker = self._wakers.get(lane)
+        if waker is not None:
+            waker()
+
+    def track(self, job_id: int, scope: anyio.CancelScope) -> None:
+        """A worker says which cancel scope runs a job, so a cancel can reach it."""
+        self._running_scopes[job_id] = scope
+
+    def untrack(self, job_id: int) -> None:
+        """The worker is done with the job."""
+        self._running_scopes.pop(job_id, None)
+
+    # -- submit ----------------------------------------------------------------------
+
+    async def submit(self, spec: JobSpec) -> SubmitResult:
+        """Queue a job, or return the live job that already holds its key."""
+        if spec.kind not in self.kinds:
+            raise UnknownKind(spec.kind, sorted(self.kinds))
+        lane = spec.lane or self.config.lane_for(spec.kind)
+        settings = self.config.lanes.get(lane)
+        if settings is None:
+            raise UnknownLane(lane, list(self.config.lanes))
+        now = self.clock.now()
+        policy = self.config.retry_policy(spec.kind)
+        new = NewJob(
+            spec=spec,
+            lane=lane,
+            max_attempts=policy.max_attempts,
+            order_key=now - spec.priority * settings.aging_seconds,
+            max_depth=settings.max_depth,
+        )
+        result = await self.store.submit(new, now)
+        if not result.duplicate:
+            self._wake(lane)
+        return result
+
+    # -- the worker's side -------------------------------------------------------------
+
+    async def claim(self, lane: str, limit: int) -> list[Job]:
+        """Lease up to `limit` due jobs of a lane, best first."""
+        now = self.clock.now()
+        lease_until = now + self.config.daemon.lease_seconds
+        return await self.store.claim(lane, limit, self.holder, now, lease_until)
+
+    async def heartbeat(self, job: Job) -> bool:
+        """Extend a running job's lease; False once the job is no longer ours."""
+        now = self.clock.now()
+        lease_until = now + self.config.daemon.lease_seconds
+        return await self.store.heartbeat(job.id, self.holder, now, lease_until)
+
+    async def finish(self, job: Job, result: Any) -> Job:
+        """A handler returned: the job is done."""
+        return await self.store.finish(job.id, self.holder, result, self.clock.now())
+
+    async def fail(self, job: Job, error: BaseException) -> Job:
+        """A handler raised: record why, then retry after backoff or give up."""
+        now = self.clock.now()
+        policy = self.config.retry_policy(job.kind)
+        retry_at: float | None = None
+        if job.attempts < job.max_attempts:
+            retry_at = now + backoff_delay(policy, job.attempts, self._rng)
+        message = f"{type(error).__name__}: {error}"
+        failed = await self.store.fail(job.id, self.holder, message, now, retry_at)
+        if retry_at is not None:
+            self._wake(job.lane)
+        return failed
+
+    def slot_freed(self, lane: str) -> None:
+        """A worker finished with a job: its lane may claim another."""
+        self._wake(lane)
+
+    # -- a person's (or a client's) requests ---------------------------------------------
+
+    async def cancel(self, job_id: int, note: str = "cancelled by request") -> Job:
+        """Stop a live job; a running one has its handler cancelled."""
+        job = await self.store.change(
+            Change(
+                job_id=job_id,
+                target=JobState.CANCELLED,
+                allowed_from=sources_of(JobState.CANCELLED),
+                event_type=EventType.CANCELLED,
+                trigger=Trigger.HUMAN,
+                note=note,
+                action="cancel",
+            ),
+            self.clock.now(),
+        )
+        scope = self._running_scopes.pop(job_id, None)
+        if scope is not None:
+            scope.cancel()
+        return job
+
+    async def retry(self, job_id: int, note: str = "retried by request") -> Job:
+        """Give a dead or cancelled job a fresh set of attempts."""
+        job = await self.store.change(
+            Change(
+                job_id=job_id,
+                target=JobState.QUEUED,
+                allowed_from=frozenset({JobState.DEAD, JobState.CANCELLED, JobState.FAILED}),
+                event_type=EventType.RETRIED,
+                trigger=Trigger.RETRY,
+                note=note,
+                action="retry",
+                reset_attempts=True,
+            ),
+            self.clock.now(),
+        )
+        self._wake(job.lane)
+        return job
+
+    async def set_paused(self, lane: str, paused: bool, reason: str = "") -> LaneStatus:
+        """Pause a lane (running jobs finish, nothing new starts) or resume it."""
+        if lane not in self.config.lanes:
+            raise UnknownLane(lane, list(self.config.lanes))
+        now = self.clock.now()
+        await self.store.set_lane_paused(lane, paused, reason, now)
+        self.bus.publish([LaneNotice(lane=lane, paused=paused, reason=reason, at=now)])
+        if not paused:
+            self._wake(lane)
+        (status,) = await self.lanes([lane])
+        return status
+
+    # -- the daemon's own transitions -----------------------------------------------------
+
+    async def recover(self) -> list[Job]:
+        """At start: a job still `running` was held by a process that died; queue it again."""
+        jobs = await self.store.requeue_running(
+            self.clock.now(),
+            Trigger.RECOVERY,
+            "found running at start: its daemon died; requeued",
+            holder=None,
+            uncount_attempt=False,
+        )
+        for lane in {job.lane for job in jobs}:
+            self._wake(lane)
+        return jobs
+
+    async def requeue_own(self, note: str) -> list[Job]:
+        """At shutdown: put back the jobs this daemon still holds, without charging an attempt."""
+        return await self.store.requeue_running(
+            self.clock.now(), Trigger.RECOVERY, note, holder=self.holder, uncount_attempt=True
+        )
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def get(self, job_id: int) -> Job:
+        """One job."""
+        return await self.store.get(job_id)
+
+    async def list_jobs(self, job_filter: JobFilter) -> list[Job]:
+        """Jobs, newest first."""
+        for name in (job_filter.lane,):
+            if name is not None and name not in self.config.lanes:
+                raise UnknownLane(name, list(self.config.lanes))
+        return await self.store.list_jobs(job_filter)
+
+    async def why(self, job_id: int) -> Lineage:
+        """The lineage from the root to this job, and this job's events."""
+        chain = await self.store.lineage(job_id)
+        events = await self.store.events(job_id)
+        return Lineage(chain=chain, events=events)
+
+    async def events(self, job_id: int) -> list[Event]:
+        """Every event of one job, oldest first."""
+        return await self.store.events(job_id)
+
+    async def lanes(self, names: Sequence[str] | None = None) -> list[LaneStatus]:
+        """Each lane's settings and load, in rank order."""
+        wanted = list(names) if names is not None else list(self.config.lanes)
+        for name in wanted:
+            if name not in self.config.lanes:
+                raise UnknownLane(name, list(self.config.lanes))
+        rows = await self.store.lanes(wanted)
+        statuses = []
+        for row in rows:
+            settings = self.config.lanes[row.name]
+            statuses.append(
+                LaneStatus(
+                    name=row.name,
+                    rank=settings.rank,
+                    concurrency=settings.concurrency,
+                    max_depth=settings.max_depth,
+                    paused=row.paused,
+                    queued=row.queued,
+                    running=row.running,
+                    oldest_queued_at=row.oldest_queued_at,
+                )
+            )
+        return sorted(statuses, key=lambda status: (status.rank, status.name))
+
+    async def next_due(self, lane: str) -> float | None:
+        """When the earliest not-yet-due job of a lane comes due."""
+        return await self.store.next_due(lane, self.clock.now())
+
+    async def counts(self) -> dict[JobState, int]:
+        """How many jobs are in each state."""
+        return await self.store.count_by_state()
+
+    def check_lane(self, lane: str) -> None:
+        """Raise UnknownLane unless the lane is configured."""
+        if lane not in self.config.lanes:
+            raise UnknownLane(lane, list(self.config.lanes))
+
+    def check_limit(self, limit: int) -> None:
+        """Paging limits are bounded."""
+        if not 1 <= limit <= 10_000:
+            raise BadRequest(f"limit must be between 1 and 10000, got {limit}")

@@ -1,0 +1,158 @@
+"""Lane runners: each lane claims from the store when it has free slots, and sleeps otherwise.
+
+A lane sleeps on an in-process wake-up, set when a job is queued in it, a slot
+frees or the lane is resumed, or until its earliest `not_before` comes due.
+There is no polling loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import anyio
+
+from interlock.clock import Clock
+from interlock.config import LaneConfig
+from interlock.domain import Job
+from interlock.errors import InterlockError
+from interlock.handlers import HandlerRegistry, JobContext
+from interlock.hub import Hub
+
+log = logging.getLogger(__name__)
+
+
+class LaneRunner:
+    """Runs the jobs of one lane, at most `concurrency` at a time."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: LaneConfig,
+        hub: Hub,
+        handlers: HandlerRegistry,
+        clock: Clock,
+        artifacts_dir: Path,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.hub = hub
+        self.handlers = handlers
+        self.clock = clock
+        self.artifacts_dir = artifacts_dir
+        self.running = 0
+        self.claiming = True
+        self._wake = anyio.Event()
+        self._idle = anyio.Event()
+        self._idle.set()
+        hub.register_lane(name, self.wake)
+
+    def wake(self) -> None:
+        """Something changed: look at the store again."""
+        self._wake.set()
+
+    def stop_claiming(self) -> None:
+        """Shutdown: finish what runs, start nothing new."""
+        self.claiming = False
+        self._wake.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no job of this lane is running."""
+        await self._idle.wait()
+
+    async def run(self) -> None:
+        """Claim and run jobs until cancelled or told to stop claiming."""
+        async with anyio.create_task_group() as workers:
+            while self.claiming:
+                # A fresh wake-up before looking, so a submit that commits
+                # while we claim is not missed.
+                self._wake = anyio.Event()
+                free = self.settings.concurrency - self.running
+                claimed: list[Job] = []
+                if free > 0:
+                    claimed = await self._claim(free)
+                    for job in claimed:
+                        self._started()
+                        workers.start_soon(self._work, job)
+                    if len(claimed) == free:
+                        continue  # full: the next wake-up is a freed slot
+                    if claimed:
+                        continue  # took what was there; look again for more
+                await self._sleep(until_due=free > 0)
+
+    async def _claim(self, free: int) -> list[Job]:
+        try:
+            return await self.hub.claim(self.name, free)
+        except InterlockError as exc:
+            log.error("lane %s: claim failed: %s", self.name, exc)
+            return []
+
+    async def _sleep(self, until_due: bool) -> None:
+        due = await self.hub.next_due(self.name) if until_due else None
+        if due is None:
+            await self._wake.wait()
+            return
+        async with anyio.create_task_group() as race:
+
+            async def timer() -> None:
+                await self.clock.sleep_until(due)
+                race.cancel_scope.cancel()
+
+            async def woken() -> None:
+                await self._wake.wait()
+                race.cancel_scope.cancel()
+
+            race.start_soon(timer)
+            race.start_soon(woken)
+
+    def _started(self) -> None:
+        self.running += 1
+        if self._idle.is_set():
+            self._idle = anyio.Event()
+
+    def _ended(self) -> None:
+        self.running -= 1
+        if self.running == 0:
+            self._idle.set()
+        self._wake.set()
+
+    async def _work(self, job: Job) -> None:
+        try:
+            with anyio.CancelScope() as scope:
+                self.hub.track(job.id, scope)
+                await self._run_handler(job)
+        finally:
+            self.hub.untrack(job.id)
+            self._ended()
+
+    async def _run_handler(self, job: Job) -> None:
+        handler = self.handlers.get(job.kind)
+        ctx = JobContext(
+            job=job,
+            clock=self.clock,
+            heartbeat=lambda: self.hub.heartbeat(job),
+            lease_seconds=self.hub.config.daemon.lease_seconds,
+            artifacts_dir=self.artifacts_dir / str(job.id),
+        )
+        try:
+            if handler is None:
+                raise LookupError(f"no handler for job kind {job.kind!r}")
+            result = await handler(ctx)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as exc:  # a handler's failure is recorded on the job, never swallowed
+            try:
+                await self.hub.fail(job, exc)
+            except InterlockError as refused:
+                log.info("job %s failed (%s) but changed meanwhile: %s", job.id, exc, refused)
+        else:
+            try:
+                await self.hub.finish(job, result)
+            except InterlockError as refused:
+                # Cancelled while it ran, or its lease went elsewhere: the result is dropped.
+                log.info("job %s finished but changed meanwhile: %s", job.id, refused)
+
+
+def lane_order(lanes: dict[str, LaneConfig]) -> list[str]:
+    """Lane names by rank, the most urgent first."""
+    return sorted(lanes, key=lambda name: (lanes[name].rank, name))

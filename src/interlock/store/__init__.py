@@ -1,0 +1,115 @@
+"""The Store protocol: what the hub needs from persistence, in domain terms.
+
+Only this package speaks SQL. The hub is the only caller of the write methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from interlock.domain import (
+    Event,
+    EventType,
+    Job,
+    JobFilter,
+    JobSpec,
+    JobState,
+    SubmitResult,
+    Trigger,
+)
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A submit the hub has resolved: lane, attempts and claim order decided."""
+
+    spec: JobSpec
+    lane: str
+    max_attempts: int
+    order_key: float
+    max_depth: int
+
+
+@dataclass(frozen=True)
+class Change:
+    """One compare-and-set transition the hub asks the store to apply."""
+
+    job_id: int
+    target: JobState
+    allowed_from: frozenset[JobState]
+    event_type: EventType
+    trigger: Trigger | None
+    note: str
+    action: str  # the verb for the error message: "cancel", "retry", ...
+    data: dict[str, Any] | None = None
+    reset_attempts: bool = False
+    uncount_attempt: bool = False  # the attempt was cut short through no fault of the job
+
+
+@dataclass(frozen=True)
+class LaneRow:
+    """What the store knows of a lane."""
+
+    name: str
+    paused: bool
+    paused_reason: str | None
+    queued: int
+    running: int
+    oldest_queued_at: float | None
+
+
+CommitListener = Callable[[Sequence[Event]], None]
+
+
+class Store(Protocol):
+    """Persistence for jobs and events; every transition commits with its event."""
+
+    async def open(self) -> None:
+        """Connect and run the forward migrations."""
+        ...
+
+    async def close(self) -> None:
+        """Finish pending writes and disconnect."""
+        ...
+
+    def on_commit(self, listener: CommitListener) -> None:
+        """Call `listener` with each committed batch of events, in commit order."""
+        ...
+
+    async def submit(self, new: NewJob, now: float) -> SubmitResult: ...
+
+    async def claim(
+        self, lane: str, limit: int, holder: str, now: float, lease_until: float
+    ) -> list[Job]: ...
+
+    async def finish(self, job_id: int, holder: str, result: Any, now: float) -> Job: ...
+
+    async def fail(
+        self, job_id: int, holder: str, error: str, now: float, retry_at: float | None
+    ) -> Job: ...
+
+    async def heartbeat(self, job_id: int, holder: str, now: float, lease_until: float) -> bool: ...
+
+    async def change(self, change: Change, now: float) -> Job: ...
+
+    async def requeue_running(
+        self, now: float, trigger: Trigger, note: str, holder: str | None, uncount_attempt: bool
+    ) -> list[Job]: ...
+
+    async def set_lane_paused(self, lane: str, paused: bool, reason: str, now: float) -> None: ...
+
+    async def get(self, job_id: int) -> Job: ...
+
+    async def list_jobs(self, job_filter: JobFilter) -> list[Job]: ...
+
+    async def events(self, job_id: int) -> list[Event]: ...
+
+    async def lineage(self, job_id: int) -> list[Job]: ...
+
+    async def lanes(self, names: Sequence[str]) -> list[LaneRow]: ...
+
+    async def next_due(self, lane: str, now: float) -> float | None: ...
+
+    async def count_by_state(self) -> dict[JobState, int]: ...

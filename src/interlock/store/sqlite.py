@@ -1,0 +1,764 @@
+"""The SQLite store, through aiosqlite, with group commit.
+
+Every write is a small function that runs on the connection's thread. Writes
+that arrive while a batch is committing wait and go together in the next one:
+one thread round trip and one transaction carry the whole batch. Each write
+runs inside its own savepoint, so a refused write (a domain error) leaves no
+trace while the rest of its batch commits; a transition and its event always
+commit together, because they are written by the same function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import aiosqlite
+import anyio
+
+from interlock.domain import (
+    LIVE_STATES,
+    TERMINAL_STATES,
+    Event,
+    EventType,
+    Job,
+    JobFilter,
+    JobState,
+    SubmitResult,
+    Trigger,
+)
+from interlock.errors import InterlockError, InvalidTransition, KeyInUse, LaneFull, UnknownJob
+from interlock.store import Change, CommitListener, LaneRow, NewJob
+
+T = TypeVar("T")
+
+JOB_COLUMNS = (
+    "id, kind, lane, priority, project, role, payload, state, key, trigger, reason, parent_id,"
+    " root_id, attempts, max_attempts, not_before, lease_holder, lease_expires_at, heartbeat_at,"
+    " result, error, created_at, updated_at, started_at, finished_at"
+)
+EVENT_COLUMNS = "id, job_id, at, type, from_state, to_state, trigger, note, data"
+_TERMINAL_SQL = ", ".join(f"'{state.value}'" for state in sorted(TERMINAL_STATES))
+
+
+class StoreError(InterlockError):
+    """The database refused a write (disk full, corrupt file, ...)."""
+
+    code = 507
+    name = "store"
+
+
+def _job(row: Sequence[Any]) -> Job:
+    return Job.model_construct(
+        id=row[0],
+        kind=row[1],
+        lane=row[2],
+        priority=row[3],
+        project=row[4],
+        role=row[5],
+        payload=json.loads(row[6]),
+        state=JobState(row[7]),
+        key=row[8],
+        trigger=Trigger(row[9]),
+        reason=row[10],
+        parent_id=row[11],
+        root_id=row[12],
+        attempts=row[13],
+        max_attempts=row[14],
+        not_before=row[15],
+        lease_holder=row[16],
+        lease_expires_at=row[17],
+        heartbeat_at=row[18],
+        result=None if row[19] is None else json.loads(row[19]),
+        error=row[20],
+        created_at=row[21],
+        updated_at=row[22],
+        started_at=row[23],
+        finished_at=row[24],
+    )
+
+
+def _event(row: Sequence[Any]) -> Event:
+    return Event.model_construct(
+        id=row[0],
+        job_id=row[1],
+        at=row[2],
+        type=EventType(row[3]),
+        from_state=None if row[4] is None else JobState(row[4]),
+        to_state=None if row[5] is None else JobState(row[5]),
+        trigger=None if row[6] is None else Trigger(row[6]),
+        note=row[7],
+        data={} if row[8] is None else json.loads(row[8]),
+    )
+
+
+@dataclass
+class _Batch:
+    """What the writes of one transaction share: events to publish, lane depths counted once."""
+
+    conn: sqlite3.Connection
+    events: list[Event] = field(default_factory=list)
+    depths: dict[str, int] = field(default_factory=dict)
+
+    def record(
+        self,
+        job_id: int,
+        now: float,
+        event_type: EventType,
+        from_state: JobState | None,
+        to_state: JobState | None,
+        trigger: Trigger | None,
+        note: str,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        cursor = self.conn.execute(
+            "INSERT INTO events (job_id, at, type, from_state, to_state, trigger, note, data)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                job_id,
+                now,
+                event_type.value,
+                None if from_state is None else from_state.value,
+                None if to_state is None else to_state.value,
+                None if trigger is None else trigger.value,
+                note,
+                None if not data else json.dumps(data),
+            ),
+        )
+        self.events.append(
+            Event.model_construct(
+                id=cursor.lastrowid,
+                job_id=job_id,
+                at=now,
+                type=event_type,
+                from_state=from_state,
+                to_state=to_state,
+                trigger=trigger,
+                note=note,
+                data=data or {},
+            )
+        )
+
+    def queued_depth(self, lane: str) -> int:
+        if lane not in self.depths:
+            (count,) = self.conn.execute(
+                "SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND lane = ?", (lane,)
+            ).fetchone()
+            self.depths[lane] = count
+        return self.depths[lane]
+
+    def adjust_depth(self, lane: str, delta: int) -> None:
+        if lane in self.depths:
+            self.depths[lane] += delta
+
+
+_Write = Callable[[_Batch], Any]
+
+
+@dataclass
+class _Pending:
+    write: _Write
+    future: asyncio.Future[Any]
+
+
+def _refusal(
+    conn: sqlite3.Connection, job_id: int, target: JobState, action: str
+) -> InterlockError:
+    """Why a compare-and-set found nothing to change."""
+    row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if row is None:
+        return UnknownJob(job_id)
+    return InvalidTransition(job_id, row[0], target.value, action)
+
+
+class SQLiteStore:
+    """The Store protocol over one SQLite file: a writer connection and a reader connection."""
+
+    def __init__(self, path: Path, durability: Literal["normal", "full"] = "normal") -> None:
+        self.path = path
+        self.durability = durability
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._pending: list[_Pending] = []
+        self._flushing = False
+        self._listeners: list[CommitListener] = []
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._writer = await aiosqlite.connect(self.path, isolation_level=None)
+        await self._run(self._writer, self._configure)
+        await self._run(self._writer, _migrate)
+        self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+        await self._run(self._reader, self._configure)
+
+    def _configure(self, conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {self.durability.upper()}")
+        conn.execute("PRAGMA foreign_keys = ON")
+
+    async def close(self) -> None:
+        while self._flushing or self._pending:
+            await anyio.sleep(0.001)
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                await conn.close()
+        self._reader = self._writer = None
+
+    def on_commit(self, listener: CommitListener) -> None:
+        self._listeners.append(listener)
+
+    @staticmethod
+    async def _run(conn: aiosqlite.Connection, function: Callable[[sqlite3.Connection], T]) -> T:
+        # aiosqlite's public calls each cost one thread round trip (120-150 us);
+        # its `_execute` runs a whole function on the connection's thread in
+        # one. aiosqlite is pinned to a minor version for this reason, and
+        # tests/unit/test_store.py fails loudly if the hook disappears.
+        raw = conn._conn  # the sqlite3.Connection, touched only on its thread
+
+        def call() -> T:
+            return function(raw)
+
+        result: T = await conn._execute(call)
+        return result
+
+    def _connection(self, which: aiosqlite.Connection | None) -> aiosqlite.Connection:
+        if which is None:
+            raise StoreError("the store is closed")
+        return which
+
+    # -- group commit ------------------------------------------------------------
+
+    async def _write(self, write: _Write) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(write, future))
+        if not self._flushing:
+            self._flushing = True
+            try:
+                # The leader commits on behalf of everyone waiting; it must
+                # finish even if its own caller is cancelled meanwhile.
+                with anyio.CancelScope(shield=True):
+                    while self._pending:
+                        batch, self._pending = self._pending, []
+                        await self._commit(batch)
+            finally:
+                self._flushing = False
+        return await future
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        writer = self._connection(self._writer)
+        try:
+            outcomes, events = await self._run(writer, lambda conn: _apply(conn, batch))
+        except Exception as exc:  # the transaction as a whole failed
+            error = StoreError(f"the store could not commit: {exc}")
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(error)
+            return
+        if events:
+            for listener in self._listeners:
+                listener(events)
+        for pending, (ok, value) in zip(batch, outcomes, strict=True):
+            if pending.future.done():  # its caller was cancelled
+                continue
+            if ok:
+                pending.future.set_result(value)
+            else:
+                pending.future.set_exception(value)
+
+    # -- writes ------------------------------------------------------------------
+
+    async def submit(self, new: NewJob, now: float) -> SubmitResult:
+        spec = new.spec
+
+        def write(batch: _Batch) -> SubmitResult:
+            conn = batch.conn
+            if spec.key is not None:
+                holder = conn.execute(
+                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE key = ?"
+                    f" AND state NOT IN ({_TERMINAL_SQL})",
+                    (spec.key,),
+                ).fetchone()
+                if holder is not None:
+                    return _duplicate(
+                        batch, _job(holder), spec.source, spec.trigger, spec.reason, now
+                    )
+            depth = batch.queued_depth(new.lane)
+            if depth >= new.max_depth:
+                raise LaneFull(new.lane, depth, new.max_depth)
+            root_id = 0
+            if spec.parent_id is not None:
+                parent = conn.execute(
+                    "SELECT root_id FROM jobs WHERE id = ?", (spec.parent_id,)
+                ).fetchone()
+                if parent is None:
+                    raise UnknownJob(spec.parent_id)
+                root_id = parent[0]
+            not_before = now if spec.not_before is None else spec.not_before
+            row = conn.execute(
+                "INSERT INTO jobs (kind, lane, priority, order_key, project, role, payload, state,"
+                " key, trigger, reason, parent_id, root_id, max_attempts, not_before,"
+                " created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                f" RETURNING {JOB_COLUMNS}",
+                (
+                    spec.kind,
+                    new.lane,
+                    spec.priority,
+                    new.order_key,
+                    spec.project,
+                    spec.role,
+                    json.dumps(spec.payload),
+                    spec.key,
+                    spec.trigger.value,
+                    spec.reason,
+                    spec.parent_id,
+                    root_id,
+                    new.max_attempts,
+                    not_before,
+                    now,
+                    now,
+                ),
+            ).fetchone()
+            job = _job(row)
+            if root_id == 0:
+                conn.execute("UPDATE jobs SET root_id = id WHERE id = ?", (job.id,))
+                job = job.model_copy(update={"root_id": job.id})
+            batch.adjust_depth(new.lane, +1)
+            batch.record(
+                job.id,
+                now,
+                EventType.SUBMITTED,
+                None,
+                JobState.QUEUED,
+                spec.trigger,
+                spec.reason,
+                {"source": spec.source} if spec.source else None,
+            )
+            return SubmitResult.model_construct(job=job, duplicate=False)
+
+        result: SubmitResult = await self._write(write)
+        return result
+
+    async def claim(
+        self, lane: str, limit: int, holder: str, now: float, lease_until: float
+    ) -> list[Job]:
+        def write(batch: _Batch) -> list[Job]:
+            conn = batch.conn
+            paused = conn.execute("SELECT paused FROM lanes WHERE name = ?", (lane,)).fetchone()
+            if paused is not None and paused[0]:
+                return []
+            ids = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT id FROM jobs WHERE state = 'queued' AND lane = ? AND not_before <= ?"
+                    " ORDER BY order_key LIMIT ?",
+                    (lane, now, limit),
+                )
+            ]
+            if not ids:
+                return []
+            marks = ", ".join("?" * len(ids))
+            rows = conn.execute(
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_holder = ?,"
+                " lease_expires_at = ?, heartbeat_at = ?, started_at = ?, updated_at = ?"
+                f" WHERE id IN ({marks}) RETURNING {JOB_COLUMNS}",
+                (holder, lease_until, now, now, now, *ids),
+            ).fetchall()
+            jobs = sorted((_job(row) for row in rows), key=lambda job: ids.index(job.id))
+            batch.adjust_depth(lane, -len(jobs))
+            for job in jobs:
+                batch.record(
+                    job.id,
+                    now,
+                    EventType.CLAIMED,
+                    JobState.QUEUED,
+                    JobState.RUNNING,
+                    None,
+                    f"attempt {job.attempts} of {job.max_attempts}",
+                    {"holder": holder},
+                )
+            return jobs
+
+        jobs: list[Job] = await self._write(write)
+        return jobs
+
+    async def finish(self, job_id: int, holder: str, result: Any, now: float) -> Job:
+        encoded = json.dumps(result)
+
+        def write(batch: _Batch) -> Job:
+            row = batch.conn.execute(
+                "UPDATE jobs SET state = 'done', result = ?, error = NULL, finished_at = ?,"
+                " updated_at = ?, lease_holder = NULL, lease_expires_at = NULL"
+                " WHERE id = ? AND state = 'running' AND lease_holder = ?"
+                f" RETURNING {JOB_COLUMNS}",
+                (encoded, now, now, job_id, holder),
+            ).fetchone()
+            if row is None:
+                raise _refusal(batch.conn, job_id, JobState.DONE, "finish")
+            batch.record(job_id, now, EventType.FINISHED, JobState.RUNNING, JobState.DONE, None, "")
+            return _job(row)
+
+        job: Job = await self._write(write)
+        return job
+
+    async def fail(
+        self, job_id: int, holder: str, error: str, now: float, retry_at: float | None
+    ) -> Job:
+        def write(batch: _Batch) -> Job:
+            conn = batch.conn
+            row = conn.execute(
+                "UPDATE jobs SET state = 'failed', error = ?, updated_at = ?,"
+                " lease_holder = NULL, lease_expires_at = NULL"
+                " WHERE id = ? AND state = 'running' AND lease_holder = ?"
+                " RETURNING attempts, max_attempts, lane",
+                (error, now, job_id, holder),
+            ).fetchone()
+            if row is None:
+                raise _refusal(conn, job_id, JobState.FAILED, "fail")
+            attempts, max_attempts, lane = row
+            batch.record(
+                job_id, now, EventType.FAILED, JobState.RUNNING, JobState.FAILED, None, error
+            )
+            if retry_at is not None:
+                conn.execute(
+                    "UPDATE jobs SET state = 'queued', not_before = ?, updated_at = ? WHERE id = ?",
+                    (retry_at, now, job_id),
+                )
+                batch.adjust_depth(lane, +1)
+                batch.record(
+                    job_id,
+                    now,
+                    EventType.RETRY_SCHEDULED,
+                    JobState.FAILED,
+                    JobState.QUEUED,
+                    Trigger.RETRY,
+                    f"attempt {attempts} of {max_attempts} failed; next try in"
+                    f" {max(0.0, retry_at - now):.1f}s",
+                    {"not_before": retry_at},
+                )
+            else:
+                conn.execute(
+                    "UPDATE jobs SET state = 'dead', finished_at = ?, updated_at = ? WHERE id = ?",
+                    (now, now, job_id),
+                )
+                batch.record(
+                    job_id,
+                    now,
+                    EventType.DEAD,
+                    JobState.FAILED,
+                    JobState.DEAD,
+                    None,
+                    f"all {max_attempts} attempts failed",
+                )
+            return _job(
+                conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            )
+
+        job: Job = await self._write(write)
+        return job
+
+    async def heartbeat(self, job_id: int, holder: str, now: float, lease_until: float) -> bool:
+        def write(batch: _Batch) -> bool:
+            cursor = batch.conn.execute(
+                "UPDATE jobs SET heartbeat_at = ?, lease_expires_at = ?"
+                " WHERE id = ? AND state = 'running' AND lease_holder = ?",
+                (now, lease_until, job_id, holder),
+            )
+            return cursor.rowcount == 1
+
+        held: bool = await self._write(write)
+        return held
+
+    async def change(self, change: Change, now: float) -> Job:
+        target = change.target
+        sources = sorted(state.value for state in change.allowed_from)
+        marks = ", ".join("?" * len(sources))
+        attempts_sql = "attempts"
+        if change.reset_attempts:
+            attempts_sql = "0"
+        elif change.uncount_attempt:
+            attempts_sql = "MAX(attempts - 1, 0)"
+        finished_sql = "?" if target in TERMINAL_STATES else "NULL"
+
+        def write(batch: _Batch) -> Job:
+            conn = batch.conn
+            before = conn.execute(
+                "SELECT state, lane FROM jobs WHERE id = ?", (change.job_id,)
+            ).fetchone()
+            if before is None:
+                raise UnknownJob(change.job_id)
+            params: list[Any] = [target.value, now]
+            if target in TERMINAL_STATES:
+                params.append(now)
+            try:
+                row = conn.execute(
+                    f"UPDATE jobs SET state = ?, updated_at = ?, finished_at = {finished_sql},"
+                    f" attempts = {attempts_sql}, lease_holder = NULL, lease_expires_at = NULL,"
+                    " not_before = CASE WHEN ? = 'queued' THEN MAX(not_before, ?) ELSE not_before END"
+                    f" WHERE id = ? AND state IN ({marks}) RETURNING {JOB_COLUMNS}",
+                    (*params, target.value, now, change.job_id, *sources),
+                ).fetchone()
+            except sqlite3.IntegrityError:
+                key, holder_id = conn.execute(
+                    "SELECT j.key, h.id FROM jobs j JOIN jobs h ON h.key = j.key"
+                    f" WHERE j.id = ? AND h.state NOT IN ({_TERMINAL_SQL})",
+                    (change.job_id,),
+                ).fetchone()
+                raise KeyInUse(key, holder_id) from None
+            if row is None:
+                raise _refusal(conn, change.job_id, target, change.action)
+            from_state = JobState(before[0])
+            if from_state == JobState.QUEUED:
+                batch.adjust_depth(before[1], -1)
+            if target == JobState.QUEUED:
+                batch.adjust_depth(before[1], +1)
+            batch.record(
+                change.job_id,
+                now,
+                change.event_type,
+                from_state,
+                target,
+                change.trigger,
+                change.note,
+                change.data,
+            )
+            return _job(row)
+
+        job: Job = await self._write(write)
+        return job
+
+    async def requeue_running(
+        self, now: float, trigger: Trigger, note: str, holder: str | None, uncount_attempt: bool
+    ) -> list[Job]:
+        attempts_sql = "MAX(attempts - 1, 0)" if uncount_attempt else "attempts"
+        holder_sql = "" if holder is None else " AND lease_holder = ?"
+        holder_params: tuple[str, ...] = () if holder is None else (holder,)
+
+        def write(batch: _Batch) -> list[Job]:
+            rows = batch.conn.execute(
+                f"UPDATE jobs SET state = 'queued', attempts = {attempts_sql}, lease_holder = NULL,"
+                " lease_expires_at = NULL, not_before = ?, updated_at = ?"
+                f" WHERE state = 'running'{holder_sql} RETURNING {JOB_COLUMNS}",
+                (now, now, *holder_params),
+            ).fetchall()
+            jobs = [_job(row) for row in rows]
+            for job in jobs:
+                batch.adjust_depth(job.lane, +1)
+                batch.record(
+                    job.id,
+                    now,
+                    EventType.REQUEUED,
+                    JobState.RUNNING,
+                    JobState.QUEUED,
+                    trigger,
+                    note,
+                )
+            return jobs
+
+        jobs: list[Job] = await self._write(write)
+        return jobs
+
+    async def set_lane_paused(self, lane: str, paused: bool, reason: str, now: float) -> None:
+        def write(batch: _Batch) -> None:
+            batch.conn.execute(
+                "INSERT INTO lanes (name, paused, changed_at, paused_reason) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET paused = excluded.paused,"
+                " changed_at = excluded.changed_at, paused_reason = excluded.paused_reason",
+                (lane, int(paused), now, reason if paused else None),
+            )
+
+        await self._write(write)
+
+    # -- reads (on their own connection, so they never wait behind a commit) -------
+
+    async def _read(self, function: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._run(self._connection(self._reader), function)
+
+    async def get(self, job_id: int) -> Job:
+        def read(conn: sqlite3.Connection) -> Job:
+            row = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise UnknownJob(job_id)
+            return _job(row)
+
+        return await self._read(read)
+
+    async def list_jobs(self, job_filter: JobFilter) -> list[Job]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if job_filter.states:
+            clauses.append(f"state IN ({', '.join('?' * len(job_filter.states))})")
+            params.extend(state.value for state in job_filter.states)
+        for column in ("lane", "kind", "project"):
+            value = getattr(job_filter, column)
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if job_filter.before_id is not None:
+            clauses.append("id < ?")
+            params.append(job_filter.before_id)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT {JOB_COLUMNS} FROM jobs{where} ORDER BY id DESC LIMIT ?"
+        params.append(job_filter.limit)
+
+        def read(conn: sqlite3.Connection) -> list[Job]:
+            return [_job(row) for row in conn.execute(sql, params)]
+
+        return await self._read(read)
+
+    async def events(self, job_id: int) -> list[Event]:
+        def read(conn: sqlite3.Connection) -> list[Event]:
+            return [
+                _event(row)
+                for row in conn.execute(
+                    f"SELECT {EVENT_COLUMNS} FROM events WHERE job_id = ? ORDER BY id", (job_id,)
+                )
+            ]
+
+        return await self._read(read)
+
+    async def lineage(self, job_id: int) -> list[Job]:
+        def read(conn: sqlite3.Connection) -> list[Job]:
+            rows = conn.execute(
+                "WITH RECURSIVE chain(id, depth) AS ("
+                " SELECT id, 0 FROM jobs WHERE id = ?"
+                " UNION ALL SELECT jobs.parent_id, chain.depth + 1 FROM jobs"
+                " JOIN chain ON jobs.id = chain.id WHERE jobs.parent_id IS NOT NULL)"
+                f" SELECT {', '.join('jobs.' + c.strip() for c in JOB_COLUMNS.split(','))}"
+                " FROM chain JOIN jobs ON jobs.id = chain.id ORDER BY chain.depth DESC",
+                (job_id,),
+            ).fetchall()
+            if not rows:
+                raise UnknownJob(job_id)
+            return [_job(row) for row in rows]
+
+        return await self._read(read)
+
+    async def lanes(self, names: Sequence[str]) -> list[LaneRow]:
+        def read(conn: sqlite3.Connection) -> list[LaneRow]:
+            flags = {
+                row[0]: (bool(row[1]), row[2])
+                for row in conn.execute("SELECT name, paused, paused_reason FROM lanes")
+            }
+            counts: dict[tuple[str, str], int] = {
+                (row[0], row[1]): row[2]
+                for row in conn.execute(
+                    "SELECT lane, state, COUNT(*) FROM jobs"
+                    " WHERE state IN ('queued', 'running') GROUP BY lane, state"
+                )
+            }
+            result = []
+            for name in names:
+                (oldest,) = conn.execute(
+                    "SELECT MIN(created_at) FROM jobs WHERE state = 'queued' AND lane = ?", (name,)
+                ).fetchone()
+                paused, reason = flags.get(name, (False, None))
+                result.append(
+                    LaneRow(
+                        name=name,
+                        paused=paused,
+                        paused_reason=reason,
+                        queued=counts.get((name, "queued"), 0),
+                        running=counts.get((name, "running"), 0),
+                        oldest_queued_at=oldest,
+                    )
+                )
+            return result
+
+        return await self._read(read)
+
+    async def next_due(self, lane: str, now: float) -> float | None:
+        def read(conn: sqlite3.Connection) -> float | None:
+            (due,) = conn.execute(
+                "SELECT MIN(not_before) FROM jobs WHERE state = 'queued' AND lane = ?"
+                " AND not_before > ?",
+                (lane, now),
+            ).fetchone()
+            return None if due is None else float(due)
+
+        return await self._read(read)
+
+    async def count_by_state(self) -> dict[JobState, int]:
+        def read(conn: sqlite3.Connection) -> dict[JobState, int]:
+            counts = {state: 0 for state in JobState}
+            for state, count in conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
+                counts[JobState(state)] = count
+            return counts
+
+        return await self._read(read)
+
+
+def _duplicate(
+    batch: _Batch, job: Job, source: str, trigger: Trigger, reason: str, now: float
+) -> SubmitResult:
+    who = source or trigger.value
+    note = f"duplicate submit from {who}" + (f": {reason}" if reason else "")
+    batch.record(
+        job.id,
+        now,
+        EventType.DUPLICATE,
+        job.state,
+        job.state,
+        trigger,
+        note,
+        {"source": source} if source else None,
+    )
+    return SubmitResult.model_construct(job=job, duplicate=True)
+
+
+def _apply(
+    conn: sqlite3.Connection, pending: list[_Pending]
+) -> tuple[list[tuple[bool, Any]], list[Event]]:
+    """Run a batch of writes in one transaction, each in its own savepoint."""
+    batch = _Batch(conn)
+    outcomes: list[tuple[bool, Any]] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for item in pending:
+            mark = len(batch.events)
+            depths = dict(batch.depths)
+            conn.execute("SAVEPOINT write")
+            try:
+                value = item.write(batch)
+            except Exception as exc:
+                conn.execute("ROLLBACK TO write")
+                conn.execute("RELEASE write")
+                del batch.events[mark:]
+                batch.depths = depths
+                outcomes.append((False, exc))
+            else:
+                conn.execute("RELEASE write")
+                outcomes.append((True, value))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return outcomes, batch.events
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Apply every migration newer than the file's user_version, each in its own transaction."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    folder = resources.files("interlock.store") / "migrations"
+    scripts = sorted(
+        (entry.name, entry) for entry in folder.iterdir() if entry.name.endswith(".sql")
+    )
+    for name, entry in scripts:
+        number = int(name.split("_", 1)[0])
+        if number <= version:
+            continue
+        sql = entry.read_text(encoding="utf-8")
+        conn.executescript(f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {number};\nCOMMIT;")
+
+
+__all__ = ["LIVE_STATES", "SQLiteStore", "StoreError"]
