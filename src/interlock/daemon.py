@@ -102,6 +102,7 @@ class Daemon:
             listener = await self.server.listen()
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(self.server.serve, listener)
+                tasks.start_soon(self.store.run_checkpoints)
                 for runner in self.runners:
                     tasks.start_soon(runner.run)
                 if self.handle_signals:

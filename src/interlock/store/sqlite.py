@@ -38,6 +38,9 @@ from interlock.store import Change, CommitListener, LaneRow, NewJob
 
 T = TypeVar("T")
 
+# Rows written between two background checkpoints: a few MB of WAL at most.
+CHECKPOINT_EVERY_WRITES = 4000
+
 JOB_COLUMNS = (
     "id, kind, lane, priority, project, role, payload, state, key, trigger, reason, parent_id,"
     " root_id, attempts, max_attempts, not_before, lease_holder, lease_expires_at, heartbeat_at,"
@@ -100,11 +103,19 @@ def _event(row: Sequence[Any]) -> Event:
 
 @dataclass
 class _Batch:
-    """What the writes of one transaction share: events to publish, lane depths counted once."""
+    """What the writes of one transaction share.
+
+    Ids are handed out here (the store is the file's only writer, and the batch
+    holds the write lock), so a job's root can be set in its INSERT and all the
+    batch's events go in with one executemany at the end.
+    """
 
     conn: sqlite3.Connection
+    depths: dict[str, int]
+    next_job_id: int
+    next_event_id: int
     events: list[Event] = field(default_factory=list)
-    depths: dict[str, int] = field(default_factory=dict)
+    event_rows: list[tuple[Any, ...]] = field(default_factory=list)
 
     def record(
         self,
@@ -117,10 +128,11 @@ class _Batch:
         note: str,
         data: dict[str, Any] | None = None,
     ) -> None:
-        cursor = self.conn.execute(
-            "INSERT INTO events (job_id, at, type, from_state, to_state, trigger, note, data)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        event_id = self.next_event_id
+        self.next_event_id += 1
+        self.event_rows.append(
             (
+                event_id,
                 job_id,
                 now,
                 event_type.value,
@@ -129,11 +141,11 @@ class _Batch:
                 None if trigger is None else trigger.value,
                 note,
                 None if not data else json.dumps(data),
-            ),
+            )
         )
         self.events.append(
             Event.model_construct(
-                id=cursor.lastrowid,
+                id=event_id,
                 job_id=job_id,
                 at=now,
                 type=event_type,
@@ -144,6 +156,11 @@ class _Batch:
                 data=data or {},
             )
         )
+
+    def take_job_id(self) -> int:
+        job_id = self.next_job_id
+        self.next_job_id += 1
+        return job_id
 
     def queued_depth(self, lane: str) -> int:
         if lane not in self.depths:
@@ -156,6 +173,21 @@ class _Batch:
     def adjust_depth(self, lane: str, delta: int) -> None:
         if lane in self.depths:
             self.depths[lane] += delta
+
+    def mark(self) -> tuple[int, int, int, dict[str, int]]:
+        return len(self.events), self.next_job_id, self.next_event_id, dict(self.depths)
+
+    def undo(self, mark: tuple[int, int, int, dict[str, int]]) -> None:
+        events, self.next_job_id, self.next_event_id, self.depths = mark
+        del self.events[events:]
+        del self.event_rows[events:]
+
+    def write_events(self) -> None:
+        self.conn.executemany(
+            "INSERT INTO events (id, job_id, at, type, from_state, to_state, trigger, note, data)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            self.event_rows,
+        )
 
 
 _Write = Callable[[_Batch], Any]
@@ -188,6 +220,12 @@ class SQLiteStore:
         self._pending: list[_Pending] = []
         self._flushing = False
         self._listeners: list[CommitListener] = []
+        self._checkpointer: aiosqlite.Connection | None = None
+        self._writes_since_checkpoint = 0
+        self._checkpoint_due = anyio.Event()
+        # Queued jobs per lane, for the depth check; counted once, then kept
+        # up to date by every committed batch (this store is the only writer).
+        self._depths: dict[str, int] = {}
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -205,9 +243,39 @@ class SQLiteStore:
         conn.execute(f"PRAGMA synchronous = {self.durability.upper()}")
         conn.execute("PRAGMA foreign_keys = ON")
 
+    async def run_checkpoints(self) -> None:
+        """Copy the WAL back into the database off the commit path, until cancelled.
+
+        SQLite's automatic checkpoint runs inside whichever commit crosses the
+        threshold and stalls it for milliseconds; here a third connection does
+        the work on its own thread, and commits never wait for it.
+        """
+        writer = self._connection(self._writer)
+        self._checkpointer = await aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            await self._run(self._checkpointer, self._configure)
+            await self._run(writer, lambda conn: conn.execute("PRAGMA wal_autocheckpoint = 0"))
+            while True:
+                await self._checkpoint_due.wait()
+                self._checkpoint_due = anyio.Event()
+                self._writes_since_checkpoint = 0
+                await self._run(
+                    self._checkpointer, lambda conn: conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                )
+        finally:
+            with anyio.CancelScope(shield=True):
+                if self._writer is not None:
+                    await self._run(
+                        self._writer, lambda conn: conn.execute("PRAGMA wal_autocheckpoint = 1000")
+                    )
+                await self._checkpointer.close()
+                self._checkpointer = None
+
     async def close(self) -> None:
         while self._flushing or self._pending:
             await anyio.sleep(0.001)
+        if self._writer is not None:
+            await self._run(self._writer, lambda conn: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)"))
         for conn in (self._reader, self._writer):
             if conn is not None:
                 await conn.close()
@@ -256,13 +324,19 @@ class SQLiteStore:
     async def _commit(self, batch: list[_Pending]) -> None:
         writer = self._connection(self._writer)
         try:
-            outcomes, events = await self._run(writer, lambda conn: _apply(conn, batch))
+            outcomes, events, depths = await self._run(
+                writer, lambda conn: _apply(conn, batch, self._depths)
+            )
         except Exception as exc:  # the transaction as a whole failed
             error = StoreError(f"the store could not commit: {exc}")
             for pending in batch:
                 if not pending.future.done():
                     pending.future.set_exception(error)
             return
+        self._depths = depths  # adopted only once committed
+        self._writes_since_checkpoint += len(batch) + len(events)
+        if self._writes_since_checkpoint >= CHECKPOINT_EVERY_WRITES:
+            self._checkpoint_due.set()
         if events:
             for listener in self._listeners:
                 listener(events)
@@ -303,13 +377,15 @@ class SQLiteStore:
                     raise UnknownJob(spec.parent_id)
                 root_id = parent[0]
             not_before = now if spec.not_before is None else spec.not_before
+            job_id = batch.take_job_id()
             row = conn.execute(
-                "INSERT INTO jobs (kind, lane, priority, order_key, project, role, payload, state,"
-                " key, trigger, reason, parent_id, root_id, max_attempts, not_before,"
+                "INSERT INTO jobs (id, kind, lane, priority, order_key, project, role, payload,"
+                " state, key, trigger, reason, parent_id, root_id, max_attempts, not_before,"
                 " created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 f" RETURNING {JOB_COLUMNS}",
                 (
+                    job_id,
                     spec.kind,
                     new.lane,
                     spec.priority,
@@ -321,7 +397,7 @@ class SQLiteStore:
                     spec.trigger.value,
                     spec.reason,
                     spec.parent_id,
-                    root_id,
+                    root_id or job_id,
                     new.max_attempts,
                     not_before,
                     now,
@@ -329,9 +405,6 @@ class SQLiteStore:
                 ),
             ).fetchone()
             job = _job(row)
-            if root_id == 0:
-                conn.execute("UPDATE jobs SET root_id = id WHERE id = ?", (job.id,))
-                job = job.model_copy(update={"root_id": job.id})
             batch.adjust_depth(new.lane, +1)
             batch.record(
                 job.id,
@@ -359,7 +432,11 @@ class SQLiteStore:
             ids = [
                 row[0]
                 for row in conn.execute(
-                    "SELECT id FROM jobs WHERE state = 'queued' AND lane = ? AND not_before <= ?"
+                    # Walk the lane in claim order and skip what is not yet due; left
+                    # to itself the planner picks the not_before index and sorts the
+                    # whole lane on every claim.
+                    "SELECT id FROM jobs INDEXED BY jobs_claim_order"
+                    " WHERE state = 'queued' AND lane = ? AND not_before <= ?"
                     " ORDER BY order_key LIMIT ?",
                     (lane, now, limit),
                 )
@@ -716,34 +793,47 @@ def _duplicate(
 
 
 def _apply(
-    conn: sqlite3.Connection, pending: list[_Pending]
-) -> tuple[list[tuple[bool, Any]], list[Event]]:
-    """Run a batch of writes in one transaction, each in its own savepoint."""
-    batch = _Batch(conn)
-    outcomes: list[tuple[bool, Any]] = []
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for item in pending:
-            mark = len(batch.events)
-            depths = dict(batch.depths)
-            conn.execute("SAVEPOINT write")
-            try:
-                value = item.write(batch)
-            except Exception as exc:
-                conn.execute("ROLLBACK TO write")
-                conn.execute("RELEASE write")
-                del batch.events[mark:]
-                batch.depths = depths
-                outcomes.append((False, exc))
-            else:
-                conn.execute("RELEASE write")
-                outcomes.append((True, value))
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    return outcomes, batch.events
+    conn: sqlite3.Connection, pending: list[_Pending], depths: dict[str, int]
+) -> tuple[list[tuple[bool, Any]], list[Event], dict[str, int]]:
+    """Run a batch of writes in one transaction.
+
+    Every write checks before it writes, and its first write is the
+    compare-and-set that can refuse; so a domain error leaves nothing behind
+    and needs no savepoint. Anything else (a bug, an I/O error) rolls the
+    whole transaction back, fails that one write, and runs the rest again.
+    """
+    outcomes: dict[int, tuple[bool, Any]] = {}
+    while True:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            (last_job,) = conn.execute("SELECT IFNULL(MAX(id), 0) FROM jobs").fetchone()
+            (last_event,) = conn.execute("SELECT IFNULL(MAX(id), 0) FROM events").fetchone()
+            batch = _Batch(conn, dict(depths), last_job + 1, last_event + 1)
+            results: dict[int, tuple[bool, Any]] = {}
+            culprit: tuple[int, Exception] | None = None
+            for index, item in enumerate(pending):
+                if index in outcomes:
+                    continue
+                mark = batch.mark()
+                try:
+                    results[index] = (True, item.write(batch))
+                except InterlockError as exc:
+                    batch.undo(mark)
+                    results[index] = (False, exc)
+                except Exception as exc:
+                    culprit = (index, exc)
+                    break
+            if culprit is None:
+                batch.write_events()
+                conn.execute("COMMIT")
+                outcomes.update(results)
+                return [outcomes[i] for i in range(len(pending))], batch.events, batch.depths
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("ROLLBACK")
+        outcomes[culprit[0]] = (False, culprit[1])
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
