@@ -79,9 +79,10 @@ class Bus:
         self._subscriptions.append(subscription)
         return subscription
 
-    def watch(self, callback: Callable[[Sequence[Notice]], None]) -> None:
-        """Call `callback` synchronously on every publish (for in-process parts)."""
+    def watch(self, callback: Callable[[Sequence[Notice]], None]) -> Callable[[], None]:
+        """Call `callback` synchronously on every publish; returns a function that stops it."""
         self._watchers.append(callback)
+        return lambda: self._watchers.remove(callback)
 
     def publish(self, notices: Sequence[Notice]) -> None:
         """Hand committed notices to everyone listening."""

@@ -372,14 +372,25 @@ def _job_id(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # --json and --config work before or after the command; SUPPRESS keeps a
+    # subcommand from overwriting a value given before it.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="print one JSON document")
-    common.add_argument("--config", metavar="PATH", help="config file (default: $INTERLOCK_CONFIG)")
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON document"
+    )
+    common.add_argument(
+        "--config",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="config file (default: $INTERLOCK_CONFIG, then ~/.config/interlock/interlock.toml)",
+    )
 
     parser = argparse.ArgumentParser(
         prog="interlock", description="A control plane for AI-agent work on one workstation."
     )
     parser.add_argument("--version", action="version", version=f"interlock {__version__}")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("--config", metavar="PATH", help="config file")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser("daemon", parents=[common], help="run the daemon in the foreground")
@@ -440,7 +451,8 @@ COMMANDS: dict[str, Command] = {
 
 
 def _fail(message: str, code: int = EXIT_FAILED) -> int:
-    print(f"interlock: {message}", file=sys.stderr)
+    for line in message.splitlines() or [""]:
+        print(f"interlock: {line}", file=sys.stderr)
     return code
 
 

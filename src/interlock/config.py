@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -18,7 +19,8 @@ MiB = 1024 * 1024
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # TOML spells inf and nan; no setting here means anything by them.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DaemonConfig(_Section):
@@ -32,14 +34,14 @@ class DaemonConfig(_Section):
 class StoreConfig(_Section):
     """Where and how the state is kept."""
 
-    path: str = ""  # empty: <state folder>/interlock.db
+    path: str = ""  # empty: <state folder>/interlock.db; relative: under the state folder
     durability: Literal["normal", "full"] = "normal"
 
 
 class ServerConfig(_Section):
     """The local socket."""
 
-    path: str = ""  # empty: $XDG_RUNTIME_DIR/interlock/interlock.sock
+    path: str = ""  # empty: <runtime folder>/interlock.sock; relative: under the runtime folder
     max_message_bytes: int = Field(default=MiB, ge=1024, le=64 * MiB)
     max_connections: int = Field(default=256, ge=1)
     subscriber_queue: int = Field(default=10_000, ge=1)
@@ -80,6 +82,18 @@ class JobsConfig(_Section):
     retry: RetryPolicy = RetryPolicy()
 
 
+_LANE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,39}")
+
+
+class _BadSetting(ValueError):
+    """A check across settings failed; carries the dotted key it is about, for the message."""
+
+    def __init__(self, loc: tuple[str, ...], reason: str) -> None:
+        super().__init__(f"{'.'.join(loc)}: {reason}")
+        self.loc = loc
+        self.reason = reason
+
+
 def _default_lanes() -> dict[str, LaneConfig]:
     return {
         "urgent": LaneConfig(rank=0, concurrency=4, max_depth=1_000),
@@ -106,13 +120,23 @@ class Config(_Section):
     @model_validator(mode="after")
     def _lanes_exist(self) -> Config:
         for name in self.lanes:
-            if not re.fullmatch(r"[a-z][a-z0-9_-]{0,39}", name):
-                raise ValueError(f"lanes.{name}: a lane name is lower-case letters, digits, - or _")
+            if not _LANE_NAME.fullmatch(name):
+                raise _BadSetting(
+                    ("lanes", name),
+                    "a lane name is a lower-case letter, then up to 39 of a-z, 0-9, - and _",
+                )
+        known = ", ".join(self.lanes)
         if self.jobs.default_lane not in self.lanes:
-            raise ValueError(f"jobs.default_lane: no lane named {self.jobs.default_lane!r}")
+            raise _BadSetting(
+                ("jobs", "default_lane"),
+                f"no lane named {self.jobs.default_lane!r}; the lanes are {known}",
+            )
         for kind, settings in self.kinds.items():
             if settings.lane is not None and settings.lane not in self.lanes:
-                raise ValueError(f"kinds.{kind}.lane: no lane named {settings.lane!r}")
+                raise _BadSetting(
+                    ("kinds", kind, "lane"),
+                    f"no lane named {settings.lane!r}; the lanes are {known}",
+                )
         return self
 
     def lane_for(self, kind: str) -> str:
@@ -141,12 +165,19 @@ def load_config(path: Path | None) -> Config:
     if path is None:
         return Config()
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from exc
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"{path}: cannot read the config file: {reason}") from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}: not UTF-8 text (line {line})") from exc
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
+        # tomllib's message already ends with "(at line L, column C)".
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     try:
         return Config.model_validate(raw)
@@ -155,29 +186,119 @@ def load_config(path: Path | None) -> Config:
 
 
 def _describe(path: Path, text: str, exc: ValidationError) -> str:
+    """One line per error: `file: dotted.key: why (line N)`."""
     lines = []
     for error in exc.errors():
-        dotted = ".".join(str(part) for part in error["loc"])
-        message = error["msg"]
-        if error["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif error["type"] == "value_error":
-            # Our own validators already name the key in the message.
-            message = message.removeprefix("Value error, ")
-            lines.append(f"{path}: {message}")
-            continue
-        where = _line_of(text, str(error["loc"][-1])) if error["loc"] else None
+        loc = tuple(str(part) for part in error["loc"])
+        why = error["msg"]
+        cause = error.get("ctx", {}).get("error")
+        if isinstance(cause, _BadSetting):
+            loc, why = cause.loc, cause.reason
+        elif error["type"] == "extra_forbidden":
+            why = _unknown_key(loc)
+        elif error["type"] == "missing":
+            why = "required, but not set"
+        elif isinstance(error["input"], str | int | float | bool):
+            why = f"{why}, not {error['input']!r}"
+        where = _line_of(text, loc)
         suffix = f" (line {where})" if where else ""
-        lines.append(f"{path}: {dotted or '(top level)'}: {message}{suffix}")
+        lines.append(f"{path}: {'.'.join(loc) or '(top level)'}: {why}{suffix}")
     return "\n".join(lines)
 
 
-def _line_of(text: str, key: str) -> int | None:
-    pattern = re.compile(rf"^\s*{re.escape(key)}\s*=|^\s*\[.*\b{re.escape(key)}\]")
+def _unknown_key(loc: tuple[str, ...]) -> str:
+    """The reason for an unknown key: the nearest known key, or the list of them."""
+    model = _model_at(loc[:-1])
+    if model is None:
+        return "unknown key"
+    known = list(model.model_fields)
+    close = difflib.get_close_matches(loc[-1], known, n=1)
+    if close:
+        return f"unknown key; did you mean {close[0]!r}?"
+    return f"unknown key; the keys here are {', '.join(known)}"
+
+
+def _model_at(loc: tuple[str, ...]) -> type[BaseModel] | None:
+    """The model whose table sits at `loc`, stepping over the names of lanes and kinds."""
+    model: type[BaseModel] = Config
+    parts = list(loc)
+    while parts:
+        field = model.model_fields.get(parts.pop(0))
+        if field is None:
+            return None
+        annotation: Any = field.annotation
+        if get_origin(annotation) is dict:
+            if not parts:
+                return None  # the table of lanes or kinds itself: any name goes
+            parts.pop(0)
+            annotation = get_args(annotation)[1]
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_QUOTED_KEY = re.compile(r"\"((?:[^\"\\]|\\.)*)\"|'([^']*)'")
+
+
+def _line_of(text: str, loc: tuple[str, ...]) -> int | None:
+    """Best effort, as tomllib keeps no positions: the line that sets `loc`.
+
+    Tracks the current [table] so that `lanes.urgent.concurrency` finds the
+    `concurrency =` under [lanes.urgent], or a dotted or inline-table key that
+    spells the same path. Failing an exact match, the line of the nearest
+    enclosing table or key (a missing key points at its table).
+    """
+    table: tuple[str, ...] = ()
+    best: tuple[int, int] | None = None  # (matched depth, line)
+    closing: str | None = None  # inside a multi-line string until this delimiter
     for number, line in enumerate(text.splitlines(), start=1):
-        if pattern.search(line):
+        if closing is not None:
+            if line.count(closing) % 2 == 1:
+                closing = None
+            continue
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.startswith("["):
+            parsed = _dotted_key(stripped.lstrip("["))
+            if parsed is None:
+                continue
+            table = path = parsed[0]
+        else:
+            parsed = _dotted_key(stripped)
+            if parsed is None or not parsed[1].startswith("="):
+                continue
+            path = table + parsed[0]
+            for delimiter in ('"""', "'''"):
+                if parsed[1].count(delimiter) % 2 == 1:
+                    closing = delimiter
+        if path == loc:
             return number
-    return None
+        if loc[: len(path)] == path and (best is None or len(path) > best[0]):
+            best = (len(path), number)
+    return best[1] if best else None
+
+
+def _dotted_key(text: str) -> tuple[tuple[str, ...], str] | None:
+    """`a."b c".d = 1` -> (("a", "b c", "d"), "= 1"); None if `text` opens with no key."""
+    parts: list[str] = []
+    rest = text
+    while True:
+        rest = rest.lstrip()
+        match = _BARE_KEY.match(rest)
+        if match:
+            parts.append(match.group(0))
+        else:
+            match = _QUOTED_KEY.match(rest)
+            if not match:
+                return None
+            parts.append(match.group(1) if match.group(1) is not None else match.group(2))
+        rest = rest[match.end() :].lstrip()
+        if not rest.startswith("."):
+            return tuple(parts), rest
+        rest = rest[1:]
 
 
 @dataclass(frozen=True)
@@ -191,6 +312,12 @@ class Paths:
     lock_path: Path
 
 
+def _xdg(env: dict[str, str], name: str) -> Path | None:
+    """An XDG base directory if set; the spec says to ignore a relative one."""
+    value = env.get(name, "")
+    return Path(value) if value and Path(value).is_absolute() else None
+
+
 def resolve_paths(config: Config, env: dict[str, str] | None = None) -> Paths:
     """INTERLOCK_HOME puts everything under one folder; otherwise the XDG base directories."""
     env = dict(os.environ) if env is None else env
@@ -199,18 +326,15 @@ def resolve_paths(config: Config, env: dict[str, str] | None = None) -> Paths:
         state_dir = Path(home).expanduser()
         runtime_dir = state_dir
     else:
-        xdg_state = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-        state_dir = Path(xdg_state) / "interlock"
-        xdg_runtime = env.get("XDG_RUNTIME_DIR")
-        runtime_dir = Path(xdg_runtime) / "interlock" if xdg_runtime else state_dir
-    db_path = (
-        Path(config.store.path).expanduser() if config.store.path else state_dir / "interlock.db"
-    )
-    socket_path = (
-        Path(config.server.path).expanduser()
-        if config.server.path
-        else runtime_dir / "interlock.sock"
-    )
+        state_home = _xdg(env, "XDG_STATE_HOME") or Path.home() / ".local" / "state"
+        state_dir = state_home / "interlock"
+        runtime_home = _xdg(env, "XDG_RUNTIME_DIR")
+        # No runtime folder (a cron job, a container): the socket goes with the state.
+        runtime_dir = runtime_home / "interlock" if runtime_home else state_dir
+    # A relative path is taken from its folder, not from the daemon's working directory;
+    # joining an absolute path gives that path.
+    db_path = state_dir / Path(config.store.path or "interlock.db").expanduser()
+    socket_path = runtime_dir / Path(config.server.path or "interlock.sock").expanduser()
     return Paths(
         state_dir=state_dir,
         db_path=db_path,
@@ -227,6 +351,6 @@ def config_path(cli_value: str | None, env: dict[str, str] | None = None) -> Pat
         return Path(cli_value).expanduser()
     if env.get("INTERLOCK_CONFIG"):
         return Path(env["INTERLOCK_CONFIG"]).expanduser()
-    xdg_config = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    candidate = Path(xdg_config) / "interlock" / "interlock.toml"
+    config_home = _xdg(env, "XDG_CONFIG_HOME") or Path.home() / ".config"
+    candidate = config_home / "interlock" / "interlock.toml"
     return candidate if candidate.is_file() else None

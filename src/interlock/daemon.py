@@ -9,7 +9,7 @@ import signal
 import sys
 import uuid
 from pathlib import Path
-from typing import IO
+from typing import IO, ClassVar
 
 import anyio
 from anyio.abc import TaskStatus
@@ -106,7 +106,8 @@ class Daemon:
                 for runner in self.runners:
                     tasks.start_soon(runner.run)
                 if self.handle_signals:
-                    tasks.start_soon(self._signals)
+                    # Handlers in place before READY=1: a SIGTERM right after it is a clean stop.
+                    await tasks.start(self._signals)
                 interval = systemd.watchdog_interval()
                 if interval is not None:
                     tasks.start_soon(self._watchdog, interval)
@@ -144,8 +145,9 @@ class Daemon:
             for runner in self.runners:
                 await runner.wait_idle()
 
-    async def _signals(self) -> None:
+    async def _signals(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            task_status.started()
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     log.warning("SIGHUP: live reload is not supported; restart to apply changes")
@@ -155,16 +157,20 @@ class Daemon:
 
     async def _watchdog(self, interval: float) -> None:
         # Pinged from the event loop itself, so a stuck loop misses its pings
-        # and systemd restarts the daemon.
+        # and systemd restarts the daemon. The pings go on while draining, but
+        # without STATUS=, so `systemctl status` keeps saying "stopping".
         while True:
-            running = sum(runner.running for runner in self.runners)
-            systemd.notify("WATCHDOG=1", f"STATUS=serving; {running} job(s) running")
+            if self._stop.is_set():
+                systemd.notify("WATCHDOG=1")
+            else:
+                running = sum(runner.running for runner in self.runners)
+                systemd.notify("WATCHDOG=1", f"STATUS=serving; {running} job(s) running")
             await anyio.sleep(interval)
 
 
 def setup_logging(level: str) -> None:
     """One line per record on stderr; with a <N> priority prefix when stderr is the journal."""
-    to_journal = bool(os.environ.get("JOURNAL_STREAM"))
+    to_journal = _stderr_is_journal()
     handler = logging.StreamHandler(sys.stderr)
     if to_journal:
         handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
@@ -175,8 +181,26 @@ def setup_logging(level: str) -> None:
     root.setLevel(level.upper())
 
 
+def _stderr_is_journal() -> bool:
+    """Whether stderr itself is the journal stream that $JOURNAL_STREAM names (systemd.exec).
+
+    Comparing device and inode matters: a shell in a terminal that a user unit
+    started inherits JOURNAL_STREAM while its stderr is the terminal.
+    """
+    try:
+        status = os.fstat(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False  # no stderr, or not a real file
+    return os.environ.get("JOURNAL_STREAM") == f"{status.st_dev}:{status.st_ino}"
+
+
 class _JournalFormatter(logging.Formatter):
-    _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3}
+    _PRIORITY: ClassVar[dict[int, int]] = {
+        logging.DEBUG: 7,
+        logging.INFO: 6,
+        logging.WARNING: 4,
+        logging.ERROR: 3,
+    }
 
     def format(self, record: logging.LogRecord) -> str:
         priority = self._PRIORITY.get(record.levelno, 3 if record.levelno > logging.ERROR else 6)

@@ -6,13 +6,19 @@ import os
 import socket
 from collections.abc import Mapping
 
-NOTIFY_ENV = (
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "LISTEN_PID",
-    "LISTEN_FDS",
-    "LISTEN_FDNAMES",
+# What the service manager passes to the daemon alone: a child that inherited
+# these could notify for us, misread our watchdog or socket fds, or read our
+# credentials.
+MANAGER_ENV = frozenset(
+    {
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+        "LISTEN_PID",
+        "LISTEN_FDS",
+        "LISTEN_FDNAMES",
+        "CREDENTIALS_DIRECTORY",
+    }
 )
 
 
@@ -41,19 +47,21 @@ def notify(*fields: str, env: Mapping[str, str] | None = None) -> bool:
 def watchdog_interval(env: Mapping[str, str] | None = None) -> float | None:
     """Seconds between WATCHDOG=1 pings (half of WatchdogSec), or None when no watchdog is set."""
     env = os.environ if env is None else env
-    usec = env.get("WATCHDOG_USEC")
+    usec = _unsigned(env.get("WATCHDOG_USEC"))
     if not usec:
         return None
-    pid = env.get("WATCHDOG_PID")
-    if pid and pid != str(os.getpid()):
-        return None  # meant for another process
-    try:
-        value = int(usec)
-    except ValueError:
+    if "WATCHDOG_PID" in env and _unsigned(env["WATCHDOG_PID"]) != os.getpid():
+        return None  # meant for another process (or unreadable, as sd_watchdog_enabled says)
+    return usec / 2 / 1_000_000
+
+
+def _unsigned(text: str | None) -> int | None:
+    """A plain decimal number, as systemd writes it; int() alone would take ' 1_0 ' or '+1'."""
+    if text is None or not (text.isascii() and text.isdecimal()):
         return None
-    return value / 2 / 1_000_000 if value > 0 else None
+    return int(text)
 
 
 def clean_child_environment(env: Mapping[str, str]) -> dict[str, str]:
     """The environment without the service manager's variables, for processes we start."""
-    return {name: value for name, value in env.items() if name not in NOTIFY_ENV}
+    return {name: value for name, value in env.items() if name not in MANAGER_ENV}

@@ -221,6 +221,7 @@ class SQLiteStore:
         self._flushing = False
         self._listeners: list[CommitListener] = []
         self._checkpointer: aiosqlite.Connection | None = None
+        self._in_flight = 0
         self._writes_since_checkpoint = 0
         self._checkpoint_due = anyio.Event()
         # Queued jobs per lane, for the depth check; counted once, then kept
@@ -284,8 +285,9 @@ class SQLiteStore:
     def on_commit(self, listener: CommitListener) -> None:
         self._listeners.append(listener)
 
-    @staticmethod
-    async def _run(conn: aiosqlite.Connection, function: Callable[[sqlite3.Connection], T]) -> T:
+    async def _run(
+        self, conn: aiosqlite.Connection, function: Callable[[sqlite3.Connection], T]
+    ) -> T:
         # aiosqlite's public calls each cost one thread round trip (120-150 us);
         # its `_execute` runs a whole function on the connection's thread in
         # one. aiosqlite is pinned to a minor version for this reason, and
@@ -295,8 +297,17 @@ class SQLiteStore:
         def call() -> T:
             return function(raw)
 
-        result: T = await conn._execute(call)
+        self._in_flight += 1
+        try:
+            result: T = await conn._execute(call)
+        finally:
+            self._in_flight -= 1
         return result
+
+    @property
+    def idle(self) -> bool:
+        """No database call is waiting or running (tests use this to let the daemon settle)."""
+        return self._in_flight == 0 and not self._pending and not self._flushing
 
     def _connection(self, which: aiosqlite.Connection | None) -> aiosqlite.Connection:
         if which is None:

@@ -1,0 +1,192 @@
+"""Shared fixtures: a short temporary home, a real daemon subprocess, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def home() -> Iterator[Path]:
+    """A short temporary INTERLOCK_HOME: AF_UNIX paths must stay under 108 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="il.", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def base_env(home: Path, config: Path | None = None) -> dict[str, str]:
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("INTERLOCK_", "NOTIFY_", "WATCHDOG_", "XDG_"))
+    }
+    env["INTERLOCK_HOME"] = str(home)
+    env["PYTHONUNBUFFERED"] = "1"
+    if config is not None:
+        env["INTERLOCK_CONFIG"] = str(config)
+    return env
+
+
+@dataclass
+class DaemonProcess:
+    """A real `interlock daemon` in a subprocess, started and stopped by tests."""
+
+    home: Path
+    config: Path | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    notifications: list[str] = field(default_factory=list)
+    _notify: socket.socket | None = None
+
+    @property
+    def socket_path(self) -> Path:
+        return self.home / "interlock.sock"
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "interlock.db"
+
+    @property
+    def log_path(self) -> Path:
+        return self.home / "daemon.log"
+
+    def env(self) -> dict[str, str]:
+        return {**base_env(self.home, self.config), **self.extra_env}
+
+    def start(self, timeout: float = 20.0) -> DaemonProcess:
+        """Start and wait for READY=1 on a notify socket of our own: readiness, not a guess."""
+        notify_path = self.home / "notify.sock"
+        notify_path.unlink(missing_ok=True)
+        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._notify.bind(str(notify_path))
+        self._notify.settimeout(0.2)
+        env = self.env()
+        env.setdefault("NOTIFY_SOCKET", str(notify_path))
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "interlock", "daemon"], env=env, stdout=log, stderr=log
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.process.returncode}:\n{self.log()}")
+            if "READY=1" in self.read_notifications():
+                return self
+        raise AssertionError(f"daemon not ready after {timeout}s:\n{self.log()}")
+
+    def read_notifications(self) -> list[str]:
+        """Every notify field received so far."""
+        assert self._notify is not None
+        while True:
+            try:
+                data = self._notify.recv(65536)
+            except (TimeoutError, BlockingIOError):
+                break
+            self.notifications.extend(data.decode().split("\n"))
+            self._notify.settimeout(0.01)
+        self._notify.settimeout(0.2)
+        return self.notifications
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.kill()
+        if self._notify is not None:
+            self._notify.close()
+            self._notify = None
+
+
+@pytest.fixture
+def daemon(home: Path) -> Iterator[DaemonProcess]:
+    """A running daemon under `home`, with the embedded default config."""
+    process = DaemonProcess(home).start()
+    try:
+        yield process
+    finally:
+        process.close()
+
+
+@pytest.fixture
+def make_daemon(home: Path) -> Iterator[Any]:
+    """A factory for daemons with a config of the test's own (TOML text)."""
+    started: list[DaemonProcess] = []
+
+    def make(config_text: str | None = None, **extra_env: str) -> DaemonProcess:
+        config = None
+        if config_text is not None:
+            config = home / "interlock.toml"
+            config.write_text(config_text)
+        process = DaemonProcess(home, config, extra_env)
+        started.append(process)
+        return process
+
+    try:
+        yield make
+    finally:
+        for process in started:
+            process.close()
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+def run_cli(home: Path, *args: str, config: Path | None = None, timeout: float = 30) -> CliResult:
+    """Run `interlock ARGS` as a user would, against the daemon under `home`."""
+    done = subprocess.run(
+        [sys.executable, "-m", "interlock", *args],
+        env=base_env(home, config),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return CliResult(done.returncode, done.stdout, done.stderr)
+
+
+@pytest.fixture
+def cli(home: Path) -> Any:
+    """`cli("submit", "noop")` runs the real command against the test's home."""
+
+    def call(*args: str) -> CliResult:
+        return run_cli(home, *args)
+
+    return call
