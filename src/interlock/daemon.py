@@ -123,7 +123,10 @@ class Daemon:
             if requeued:
                 log.warning("requeued %d unfinished job(s) for the next start", len(requeued))
         finally:
-            await self.store.close()
+            # Shielded: when the daemon is cancelled rather than stopped, an
+            # unclosed store leaves aiosqlite's threads behind to hang the exit.
+            with anyio.move_on_after(10, shield=True):
+                await self.store.close()
             self.paths.socket_path.unlink(missing_ok=True)
         log.info("stopped")
 

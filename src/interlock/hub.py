@@ -120,9 +120,9 @@ class Hub:
 
     # -- the worker's side -------------------------------------------------------------
 
-    async def claim(self, lane: str, limit: int) -> list[Job]:
-        """Lease up to `limit` due jobs of a lane, best first."""
-        now = self.clock.now()
+    async def claim(self, lane: str, limit: int, now: float | None = None) -> list[Job]:
+        """Lease up to `limit` jobs of a lane that are due at `now`, best first."""
+        now = self.clock.now() if now is None else now
         lease_until = now + self.config.daemon.lease_seconds
         return await self.store.claim(lane, limit, self.holder, now, lease_until)
 
@@ -272,9 +272,9 @@ class Hub:
             )
         return sorted(statuses, key=lambda status: (status.rank, status.name))
 
-    async def next_due(self, lane: str) -> float | None:
-        """When the earliest not-yet-due job of a lane comes due."""
-        return await self.store.next_due(lane, self.clock.now())
+    async def next_due(self, lane: str, after: float) -> float | None:
+        """When the earliest job of a lane that was not due at `after` comes due."""
+        return await self.store.next_due(lane, after)
 
     async def counts(self) -> dict[JobState, int]:
         """How many jobs are in each state."""

@@ -69,8 +69,11 @@ class LaneRunner:
                 self._wake = anyio.Event()
                 free = self.settings.concurrency - self.running
                 claimed: list[Job] = []
+                # One instant for the claim and for the next due time: a job that
+                # comes due between the two is then found by one or the other.
+                looked_at = self.clock.now()
                 if free > 0:
-                    claimed = await self._claim(free)
+                    claimed = await self._claim(free, looked_at)
                     for job in claimed:
                         self._started()
                         workers.start_soon(self._work, job)
@@ -78,17 +81,18 @@ class LaneRunner:
                         continue  # full: the next wake-up is a freed slot
                     if claimed:
                         continue  # took what was there; look again for more
-                await self._sleep(until_due=free > 0)
+                await self._sleep(looked_at if free > 0 else None)
 
-    async def _claim(self, free: int) -> list[Job]:
+    async def _claim(self, free: int, now: float) -> list[Job]:
         try:
-            return await self.hub.claim(self.name, free)
+            return await self.hub.claim(self.name, free, now)
         except InterlockError as exc:
             log.error("lane %s: claim failed: %s", self.name, exc)
             return []
 
-    async def _sleep(self, until_due: bool) -> None:
-        due = await self.hub.next_due(self.name) if until_due else None
+    async def _sleep(self, looked_at: float | None) -> None:
+        """Wait for a wake-up, or (with a free slot) for the next job to come due."""
+        due = None if looked_at is None else await self.hub.next_due(self.name, looked_at)
         if due is None:
             await self._wake.wait()
             return

@@ -9,15 +9,18 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from interlock import systemd
 from interlock.config import Config, resolve_paths
+from interlock.daemon import Daemon
 from tests.conftest import DaemonProcess, base_env
 from tests.harness import running_daemon
 
@@ -209,3 +212,23 @@ def test_sigterm_the_instant_ready_arrives_is_a_clean_stop(home: Path) -> None:
                 process.wait()
     assert process.returncode == 0, err.decode(errors="replace")
     assert not (home / "interlock.sock").exists()
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_daemon_still_closes_its_store(home: Path) -> None:
+    # Cancelled rather than stopped (an error elsewhere in the task group): an
+    # unclosed store leaves aiosqlite's worker threads behind, and they keep
+    # the process from exiting.
+    def store_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if "_connection_worker_thread" in t.name]
+
+    before = set(store_threads())
+    daemon = Daemon(Config(), resolve_paths(Config(), {"INTERLOCK_HOME": str(home)}))
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(daemon.run)
+        assert set(store_threads()) - before
+        tasks.cancel_scope.cancel()
+    for thread in set(store_threads()) - before:
+        thread.join(timeout=2)
+    assert not set(store_threads()) - before
+    assert not daemon.paths.socket_path.exists()
