@@ -94,7 +94,9 @@ async def in_process(jobs: int, samples: int, concurrency: int, home: Path) -> d
         async with anyio.create_task_group() as submitters:
             for _ in range(SUBMITTERS):
                 submitters.start_soon(submit_many, jobs // SUBMITTERS)
-        figures["submit_jobs_per_s"] = (jobs // SUBMITTERS * SUBMITTERS) / (time.perf_counter() - began)
+        figures["submit_jobs_per_s"] = (jobs // SUBMITTERS * SUBMITTERS) / (
+            time.perf_counter() - began
+        )
 
         # 2. Drain: claim, run, finish what is queued.
         target = jobs // SUBMITTERS * SUBMITTERS
@@ -135,17 +137,19 @@ async def over_socket(jobs: int, samples: int, concurrency: int, home: Path) -> 
     write_config(config_file, jobs, concurrency)
     env = dict(os.environ, INTERLOCK_HOME=str(home), INTERLOCK_CONFIG=str(config_file))
     paths: Paths = resolve_paths(Config(), env)
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "interlock", "daemon"], env=env, stderr=subprocess.DEVNULL
+    daemon = await anyio.open_process(
+        [sys.executable, "-m", "interlock", "daemon"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     figures: dict[str, float] = {}
     try:
         deadline = time.monotonic() + 30
-        while not paths.socket_path.exists():
-            if time.monotonic() > deadline or daemon.poll() is not None:
+        while not paths.socket_path.exists():  # the daemon binds the socket when ready
+            if time.monotonic() > deadline or daemon.returncode is not None:
                 raise RuntimeError("the daemon did not start")
             await anyio.sleep(0.05)
-        await anyio.sleep(0.2)
         async with connect(paths.socket_path, "bench-watch") as (watcher, notes):
             await watcher.subscribe()
             total = jobs // SUBMITTERS * SUBMITTERS
@@ -212,7 +216,8 @@ async def over_socket(jobs: int, samples: int, concurrency: int, home: Path) -> 
             figures["latency_p99_ms"] = percentile(latencies, 0.99)
     finally:
         daemon.terminate()
-        daemon.wait(timeout=30)
+        with anyio.fail_after(30):
+            await daemon.wait()
     return figures
 
 

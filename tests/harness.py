@@ -39,7 +39,9 @@ async def running_daemon(
             daemon.stop()
 
 
-async def wait_for_state(daemon: Daemon, job_id: int, *states: JobState, timeout: float = 10) -> None:
+async def wait_for_state(
+    daemon: Daemon, job_id: int, *states: JobState, within: float = 10
+) -> None:
     """Return once the job is in one of `states`, by watching committed events (no polling)."""
     changed = anyio.Event()
 
@@ -50,7 +52,7 @@ async def wait_for_state(daemon: Daemon, job_id: int, *states: JobState, timeout
 
     stop_watching = daemon.bus.watch(watch)
     try:
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(within):
             while (await daemon.hub.get(job_id)).state not in states:
                 await changed.wait()
                 changed = anyio.Event()
@@ -77,7 +79,7 @@ async def settle(daemon: Daemon) -> None:
 
 
 async def wait_for_events(
-    daemon: Daemon, job_id: int, event_type: EventType, count: int = 1, timeout: float = 10
+    daemon: Daemon, job_id: int, event_type: EventType, count: int = 1, within: float = 10
 ) -> None:
     """Return once the job has at least `count` events of `event_type`."""
     changed = anyio.Event()
@@ -89,7 +91,7 @@ async def wait_for_events(
 
     stop_watching = daemon.bus.watch(watch)
     try:
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(within):
             while True:
                 events = await daemon.hub.events(job_id)
                 if sum(1 for event in events if event.type == event_type) >= count:

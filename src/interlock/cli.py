@@ -252,10 +252,11 @@ async def cmd_why(client: Client, args: argparse.Namespace) -> int:
         return EXIT_OK
     for depth, job in enumerate(why.chain):
         indent = "  " * depth
-        who = f"{job.trigger.value}"
+        branch = "└─ " if depth else ""
         reason = f": {job.reason}" if job.reason else ""
         print(
-            f"{indent}{'└─ ' if depth else ''}job {job.id} {job.kind} [{job.state.value}] asked by {who} at {_when(job.created_at)}{reason}"
+            f"{indent}{branch}job {job.id} {job.kind} [{job.state.value}]"
+            f" asked by {job.trigger.value} at {_when(job.created_at)}{reason}"
         )
     print()
     _print_events(why.events)
@@ -327,9 +328,8 @@ async def cmd_health(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         _emit_json(health)
         return EXIT_OK
-    print(
-        f"interlock {health.version}: {health.status}, pid {health.pid}, up {_age(health.uptime_seconds)}"
-    )
+    uptime = _age(health.uptime_seconds)
+    print(f"interlock {health.version}: {health.status}, pid {health.pid}, up {uptime}")
     print(f"store   {health.store_path}")
     print(f"socket  {health.socket_path}")
     counts = ", ".join(f"{count} {state}" for state, count in health.jobs.items() if count)

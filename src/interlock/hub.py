@@ -46,13 +46,14 @@ class Lineage:
 
 def backoff_delay(policy: RetryPolicy, attempts: int, rng: random.Random) -> float:
     """Exponential backoff with jitter: base * 2^(attempts-1), capped, then +/- jitter."""
-    delay = min(policy.backoff_max_seconds, policy.backoff_base_seconds * 2 ** max(attempts - 1, 0))
+    growth = 2.0 ** max(attempts - 1, 0)
+    delay = min(policy.backoff_max_seconds, policy.backoff_base_seconds * growth)
     spread = delay * policy.backoff_jitter
     return max(0.0, delay + rng.uniform(-spread, spread))
 
 
 class Hub:
-    """Submit, claim, finish, fail, cancel, retry, pause: every job state change goes through here."""
+    """Submit, claim, finish, fail, cancel, retry, pause: every job state change passes here."""
 
     def __init__(
         self,

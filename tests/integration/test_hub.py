@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 
 from interlock.clock import FakeClock
@@ -163,7 +162,9 @@ async def test_failing_handler_retries_with_backoff_then_dies(home: Path) -> Non
 async def test_kind_policy_overrides_the_default_attempts(home: Path) -> None:
     config = Config(kinds=Config().kinds | {"sleep": KindConfig(max_attempts=1)})
     async with running_daemon(home, config) as daemon:
-        job = (await daemon.hub.submit(JobSpec(kind="sleep", payload={"seconds": 0, "fail": "x"}))).job
+        job = (
+            await daemon.hub.submit(JobSpec(kind="sleep", payload={"seconds": 0, "fail": "x"}))
+        ).job
         await wait_for_state(daemon, job.id, JobState.DEAD)
         assert (await daemon.hub.get(job.id)).attempts == 1
 
@@ -185,7 +186,9 @@ async def test_cancel_stops_a_running_handler(home: Path) -> None:
 async def test_retry_requeues_a_dead_job_with_fresh_attempts(home: Path) -> None:
     config = Config(kinds=Config().kinds | {"sleep": KindConfig(max_attempts=1)})
     async with running_daemon(home, config) as daemon:
-        job = (await daemon.hub.submit(JobSpec(kind="sleep", payload={"seconds": 0, "fail": "x"}))).job
+        job = (
+            await daemon.hub.submit(JobSpec(kind="sleep", payload={"seconds": 0, "fail": "x"}))
+        ).job
         await wait_for_state(daemon, job.id, JobState.DEAD)
         await daemon.hub.retry(job.id)
         await wait_for_state(daemon, job.id, JobState.DEAD)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import AsyncIterator
@@ -101,10 +102,8 @@ class Client:
                 notice = wire.LaneChange.model_validate(params)
             else:
                 notice = Event.model_validate(params)
-            try:
+            with contextlib.suppress(anyio.WouldBlock):  # nobody reads notifications here
                 self._notify.send_nowait(notice)
-            except anyio.WouldBlock:
-                pass  # nobody is reading notifications on this connection
             return
         request_id = message.get("id")
         if request_id is None:

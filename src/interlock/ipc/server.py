@@ -7,6 +7,7 @@ that sent an unreadable message is closed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -108,7 +109,7 @@ class Server:
     async def serve(self, listener: anyio.abc.SocketListener) -> None:
         """Accept connections until cancelled."""
         async with listener:
-            await listener.serve(self._handle)  # type: ignore[arg-type]
+            await listener.serve(self._handle)
 
     # -- one connection ---------------------------------------------------------------
 
@@ -123,7 +124,8 @@ class Server:
                     wire.error_message(
                         None,
                         wire.PEER_REFUSED,
-                        f"refused: uid {uid} may not use this daemon (it runs as uid {self.own_uid})",
+                        f"refused: uid {uid} may not use this daemon"
+                        f" (it runs as uid {self.own_uid})",
                     ),
                 )
                 return
@@ -149,21 +151,29 @@ class Server:
                 self.connections -= 1
 
     async def _try_send(self, stream: SocketStream, data: bytes) -> None:
-        try:
+        with contextlib.suppress(
+            anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError
+        ):
             await stream.send(data)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
-            pass
 
     async def _read_loop(self, connection: _Connection, tasks: anyio.abc.TaskGroup) -> None:
         limit = self.config.server.max_message_bytes
         reader = BufferedByteReceiveStream(connection.stream)
         while True:
+            too_large = False
             try:
                 line = await reader.receive_until(b"\n", limit)
+                # receive_until only enforces its limit while it has not yet seen a
+                # newline; a long line that arrived whole must be refused here.
+                too_large = len(line) > limit
             except anyio.IncompleteRead:
                 return  # closed, possibly mid-message
             except anyio.DelimiterNotFound:
-                # We cannot find where the next message starts: say why, then hang up.
+                too_large = True
+            except anyio.EndOfStream:
+                return
+            if too_large:
+                # Where the next message starts is unknown: say why, then hang up.
                 await connection.send(
                     wire.error_message(
                         None,
@@ -171,8 +181,6 @@ class Server:
                         f"message too large: the limit is {limit} bytes per line",
                     )
                 )
-                return
-            except anyio.EndOfStream:
                 return
             if not line.strip():
                 continue
@@ -247,7 +255,8 @@ class Server:
             return wire.error_message(
                 request_id,
                 wire.PROTOCOL_MISMATCH,
-                f"protocol {params.protocol} is not supported; this daemon speaks {PROTOCOL_VERSION}",
+                f"protocol {params.protocol} is not supported;"
+                f" this daemon speaks {PROTOCOL_VERSION}",
                 {"supported": [PROTOCOL_VERSION]},
             )
         connection.greeted = True

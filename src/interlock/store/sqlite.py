@@ -219,6 +219,7 @@ class SQLiteStore:
         self._reader: aiosqlite.Connection | None = None
         self._pending: list[_Pending] = []
         self._flushing = False
+        self._flushed = anyio.Event()  # set each time a leader finishes committing
         self._listeners: list[CommitListener] = []
         self._checkpointer: aiosqlite.Connection | None = None
         self._in_flight = 0
@@ -273,10 +274,12 @@ class SQLiteStore:
                 self._checkpointer = None
 
     async def close(self) -> None:
-        while self._flushing or self._pending:
-            await anyio.sleep(0.001)
+        if self._flushing:
+            await self._flushed.wait()
         if self._writer is not None:
-            await self._run(self._writer, lambda conn: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)"))
+            await self._run(
+                self._writer, lambda conn: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            )
         for conn in (self._reader, self._writer):
             if conn is not None:
                 await conn.close()
@@ -299,7 +302,7 @@ class SQLiteStore:
 
         self._in_flight += 1
         try:
-            result: T = await conn._execute(call)
+            result: T = await conn._execute(call)  # type: ignore[no-untyped-call]
         finally:
             self._in_flight -= 1
         return result
@@ -321,6 +324,7 @@ class SQLiteStore:
         self._pending.append(_Pending(write, future))
         if not self._flushing:
             self._flushing = True
+            self._flushed = anyio.Event()
             try:
                 # The leader commits on behalf of everyone waiting; it must
                 # finish even if its own caller is cancelled meanwhile.
@@ -330,6 +334,7 @@ class SQLiteStore:
                         await self._commit(batch)
             finally:
                 self._flushing = False
+                self._flushed.set()
         return await future
 
     async def _commit(self, batch: list[_Pending]) -> None:
@@ -591,7 +596,8 @@ class SQLiteStore:
                 row = conn.execute(
                     f"UPDATE jobs SET state = ?, updated_at = ?, finished_at = {finished_sql},"
                     f" attempts = {attempts_sql}, lease_holder = NULL, lease_expires_at = NULL,"
-                    " not_before = CASE WHEN ? = 'queued' THEN MAX(not_before, ?) ELSE not_before END"
+                    " not_before ="
+                    " CASE WHEN ? = 'queued' THEN MAX(not_before, ?) ELSE not_before END"
                     f" WHERE id = ? AND state IN ({marks}) RETURNING {JOB_COLUMNS}",
                     (*params, target.value, now, change.job_id, *sources),
                 ).fetchone()
