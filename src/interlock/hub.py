@@ -74,6 +74,7 @@ class Hub:
         self._rng = rng or random.Random()
         self._wakers: dict[str, Callable[[], None]] = {}
         self._running_scopes: dict[int, anyio.CancelScope] = {}
+        self._policies: dict[str, RetryPolicy] = {}
         store.on_commit(bus.publish)
 
     # -- wiring for lanes ----------------------------------------------------------
@@ -95,6 +96,12 @@ class Hub:
         """The worker is done with the job."""
         self._running_scopes.pop(job_id, None)
 
+    def _policy(self, kind: str) -> RetryPolicy:
+        policy = self._policies.get(kind)
+        if policy is None:
+            policy = self._policies[kind] = self.config.retry_policy(kind)
+        return policy
+
     # -- submit ----------------------------------------------------------------------
 
     async def submit(self, spec: JobSpec) -> SubmitResult:
@@ -106,7 +113,7 @@ class Hub:
         if settings is None:
             raise UnknownLane(lane, list(self.config.lanes))
         now = self.clock.now()
-        policy = self.config.retry_policy(spec.kind)
+        policy = self._policy(spec.kind)
         new = NewJob(
             spec=spec,
             lane=lane,
@@ -133,14 +140,14 @@ class Hub:
         lease_until = now + self.config.daemon.lease_seconds
         return await self.store.heartbeat(job.id, self.holder, now, lease_until)
 
-    async def finish(self, job: Job, result: Any) -> Job:
+    async def finish(self, job: Job, result: Any) -> None:
         """A handler returned: the job is done."""
-        return await self.store.finish(job.id, self.holder, result, self.clock.now())
+        await self.store.finish(job.id, self.holder, result, self.clock.now())
 
     async def fail(self, job: Job, error: BaseException) -> Job:
         """A handler raised: record why, then retry after backoff or give up."""
         now = self.clock.now()
-        policy = self.config.retry_policy(job.kind)
+        policy = self._policy(job.kind)
         retry_at: float | None = None
         if job.attempts < job.max_attempts:
             retry_at = now + backoff_delay(policy, job.attempts, self._rng)

@@ -8,9 +8,11 @@ There is no polling loop.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from interlock.clock import Clock
 from interlock.config import LaneConfig
@@ -61,27 +63,51 @@ class LaneRunner:
         await self._idle.wait()
 
     async def run(self) -> None:
-        """Claim and run jobs until cancelled or told to stop claiming."""
+        """Claim and run jobs until cancelled or told to stop claiming.
+
+        One worker per slot takes claimed jobs from an in-process hand-off;
+        the lane never holds more jobs than it has slots, so the store stays
+        the queue.
+        """
+        hand_off, claimed_jobs = anyio.create_memory_object_stream[Job](math.inf)
         async with anyio.create_task_group() as workers:
-            while self.claiming:
-                # A fresh wake-up before looking, so a submit that commits
-                # while we claim is not missed.
-                self._wake = anyio.Event()
-                free = self.settings.concurrency - self.running
-                claimed: list[Job] = []
-                # One instant for the claim and for the next due time: a job that
-                # comes due between the two is then found by one or the other.
-                looked_at = self.clock.now()
-                if free > 0:
-                    claimed = await self._claim(free, looked_at)
+            for _ in range(self.settings.concurrency):
+                workers.start_soon(self._worker, claimed_jobs.clone())
+            claimed_jobs.close()
+            async with hand_off:
+                await self._claim_loop(hand_off)
+
+    async def _worker(self, jobs: MemoryObjectReceiveStream[Job]) -> None:
+        async with jobs:
+            async for job in jobs:
+                await self._work(job)
+
+    async def _claim_loop(self, hand_off: MemoryObjectSendStream[Job]) -> None:
+        while self.claiming:
+            # A fresh wake-up before looking, so a submit that commits
+            # while we claim is not missed.
+            self._wake = anyio.Event()
+            free = self.settings.concurrency - self.running
+            claimed: list[Job] = []
+            # One instant for the claim and for the next due time: a job that
+            # comes due between the two is then found by one or the other.
+            looked_at = self.clock.now()
+            if free > 0:
+                claimed = await self._claim(free, looked_at)
+                try:
                     for job in claimed:
                         self._started()
-                        workers.start_soon(self._work, job)
-                    if len(claimed) == free:
-                        continue  # full: the next wake-up is a freed slot
-                    if claimed:
-                        continue  # took what was there; look again for more
-                await self._sleep(looked_at if free > 0 else None)
+                        hand_off.send_nowait(job)
+                except anyio.BrokenResourceError:
+                    # The workers were cancelled while this claim committed (the
+                    # daemon is stopping): the jobs stay leased to this daemon and
+                    # its shutdown requeues them.
+                    return
+                if len(claimed) == free:
+                    continue  # full: the next wake-up is a freed slot
+                if claimed:
+                    continue  # took what was there; look again for more
+            await self._sleep(looked_at if free > 0 else None)
 
     async def _claim(self, free: int, now: float) -> list[Job]:
         try:
@@ -136,7 +162,7 @@ class LaneRunner:
             clock=self.clock,
             heartbeat=lambda: self.hub.heartbeat(job),
             lease_seconds=self.hub.config.daemon.lease_seconds,
-            artifacts_dir=self.artifacts_dir / str(job.id),
+            artifacts_root=self.artifacts_dir,
         )
         try:
             if handler is None:

@@ -19,7 +19,12 @@ class JobContext:
     clock: Clock
     heartbeat: Callable[[], Awaitable[bool]]
     lease_seconds: float
-    artifacts_dir: Path
+    artifacts_root: Path
+
+    @property
+    def artifacts_dir(self) -> Path:
+        """<state>/artifacts/<job id>/: where the job may leave files (create it when needed)."""
+        return self.artifacts_root / str(self.job.id)
 
 
 Handler = Callable[[JobContext], Awaitable[Any]]

@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import aiosqlite
 import anyio
@@ -32,6 +32,7 @@ from interlock.domain import (
     JobState,
     SubmitResult,
     Trigger,
+    trusted,
 )
 from interlock.errors import InterlockError, InvalidTransition, KeyInUse, LaneFull, UnknownJob
 from interlock.store import Change, CommitListener, LaneRow, NewJob
@@ -58,46 +59,52 @@ class StoreError(InterlockError):
 
 
 def _job(row: Sequence[Any]) -> Job:
-    return Job.model_construct(
-        id=row[0],
-        kind=row[1],
-        lane=row[2],
-        priority=row[3],
-        project=row[4],
-        role=row[5],
-        payload=json.loads(row[6]),
-        state=JobState(row[7]),
-        key=row[8],
-        trigger=Trigger(row[9]),
-        reason=row[10],
-        parent_id=row[11],
-        root_id=row[12],
-        attempts=row[13],
-        max_attempts=row[14],
-        not_before=row[15],
-        lease_holder=row[16],
-        lease_expires_at=row[17],
-        heartbeat_at=row[18],
-        result=None if row[19] is None else json.loads(row[19]),
-        error=row[20],
-        created_at=row[21],
-        updated_at=row[22],
-        started_at=row[23],
-        finished_at=row[24],
+    return trusted(
+        Job,
+        dict(
+            id=row[0],
+            kind=row[1],
+            lane=row[2],
+            priority=row[3],
+            project=row[4],
+            role=row[5],
+            payload=json.loads(row[6]),
+            state=JobState(row[7]),
+            key=row[8],
+            trigger=Trigger(row[9]),
+            reason=row[10],
+            parent_id=row[11],
+            root_id=row[12],
+            attempts=row[13],
+            max_attempts=row[14],
+            not_before=row[15],
+            lease_holder=row[16],
+            lease_expires_at=row[17],
+            heartbeat_at=row[18],
+            result=None if row[19] is None else json.loads(row[19]),
+            error=row[20],
+            created_at=row[21],
+            updated_at=row[22],
+            started_at=row[23],
+            finished_at=row[24],
+        ),
     )
 
 
 def _event(row: Sequence[Any]) -> Event:
-    return Event.model_construct(
-        id=row[0],
-        job_id=row[1],
-        at=row[2],
-        type=EventType(row[3]),
-        from_state=None if row[4] is None else JobState(row[4]),
-        to_state=None if row[5] is None else JobState(row[5]),
-        trigger=None if row[6] is None else Trigger(row[6]),
-        note=row[7],
-        data={} if row[8] is None else json.loads(row[8]),
+    return trusted(
+        Event,
+        dict(
+            id=row[0],
+            job_id=row[1],
+            at=row[2],
+            type=EventType(row[3]),
+            from_state=None if row[4] is None else JobState(row[4]),
+            to_state=None if row[5] is None else JobState(row[5]),
+            trigger=None if row[6] is None else Trigger(row[6]),
+            note=row[7],
+            data={} if row[8] is None else json.loads(row[8]),
+        ),
     )
 
 
@@ -114,8 +121,11 @@ class _Batch:
     depths: dict[str, int]
     next_job_id: int
     next_event_id: int
-    events: list[Event] = field(default_factory=list)
+    # (row for INSERT, the same event as domain values): Event objects are built
+    # on the event loop after the commit, not on this thread, which is the
+    # bottleneck under load.
     event_rows: list[tuple[Any, ...]] = field(default_factory=list)
+    event_facts: list[tuple[Any, ...]] = field(default_factory=list)
 
     def record(
         self,
@@ -143,18 +153,8 @@ class _Batch:
                 None if not data else json.dumps(data),
             )
         )
-        self.events.append(
-            Event.model_construct(
-                id=event_id,
-                job_id=job_id,
-                at=now,
-                type=event_type,
-                from_state=from_state,
-                to_state=to_state,
-                trigger=trigger,
-                note=note,
-                data=data or {},
-            )
+        self.event_facts.append(
+            (event_id, job_id, now, event_type, from_state, to_state, trigger, note, data)
         )
 
     def take_job_id(self) -> int:
@@ -175,11 +175,11 @@ class _Batch:
             self.depths[lane] += delta
 
     def mark(self) -> tuple[int, int, int, dict[str, int]]:
-        return len(self.events), self.next_job_id, self.next_event_id, dict(self.depths)
+        return len(self.event_rows), self.next_job_id, self.next_event_id, dict(self.depths)
 
     def undo(self, mark: tuple[int, int, int, dict[str, int]]) -> None:
         events, self.next_job_id, self.next_event_id, self.depths = mark
-        del self.events[events:]
+        del self.event_facts[events:]
         del self.event_rows[events:]
 
     def write_events(self) -> None:
@@ -340,7 +340,7 @@ class SQLiteStore:
     async def _commit(self, batch: list[_Pending]) -> None:
         writer = self._connection(self._writer)
         try:
-            outcomes, events, depths = await self._run(
+            outcomes, facts, depths = await self._run(
                 writer, lambda conn: _apply(conn, batch, self._depths)
             )
         except Exception as exc:  # the transaction as a whole failed
@@ -350,6 +350,7 @@ class SQLiteStore:
                     pending.future.set_exception(error)
             return
         self._depths = depths  # adopted only once committed
+        events = _CommittedEvents(facts)
         self._writes_since_checkpoint += len(batch) + len(events)
         if self._writes_since_checkpoint >= CHECKPOINT_EVERY_WRITES:
             self._checkpoint_due.set()
@@ -369,7 +370,7 @@ class SQLiteStore:
     async def submit(self, new: NewJob, now: float) -> SubmitResult:
         spec = new.spec
 
-        def write(batch: _Batch) -> SubmitResult:
+        def write(batch: _Batch) -> tuple[Sequence[Any], bool]:
             conn = batch.conn
             if spec.key is not None:
                 holder = conn.execute(
@@ -378,9 +379,8 @@ class SQLiteStore:
                     (spec.key,),
                 ).fetchone()
                 if holder is not None:
-                    return _duplicate(
-                        batch, _job(holder), spec.source, spec.trigger, spec.reason, now
-                    )
+                    _record_duplicate(batch, holder, spec.source, spec.trigger, spec.reason, now)
+                    return holder, True
             depth = batch.queued_depth(new.lane)
             if depth >= new.max_depth:
                 raise LaneFull(new.lane, depth, new.max_depth)
@@ -420,10 +420,9 @@ class SQLiteStore:
                     now,
                 ),
             ).fetchone()
-            job = _job(row)
             batch.adjust_depth(new.lane, +1)
             batch.record(
-                job.id,
+                job_id,
                 now,
                 EventType.SUBMITTED,
                 None,
@@ -432,15 +431,15 @@ class SQLiteStore:
                 spec.reason,
                 {"source": spec.source} if spec.source else None,
             )
-            return SubmitResult.model_construct(job=job, duplicate=False)
+            return row, False
 
-        result: SubmitResult = await self._write(write)
-        return result
+        row, duplicate = await self._write(write)
+        return trusted(SubmitResult, {"job": _job(row), "duplicate": duplicate})
 
     async def claim(
         self, lane: str, limit: int, holder: str, now: float, lease_until: float
     ) -> list[Job]:
-        def write(batch: _Batch) -> list[Job]:
+        def write(batch: _Batch) -> list[Sequence[Any]]:
             conn = batch.conn
             paused = conn.execute("SELECT paused FROM lanes WHERE name = ?", (lane,)).fetchone()
             if paused is not None and paused[0]:
@@ -466,42 +465,41 @@ class SQLiteStore:
                 f" WHERE id IN ({marks}) RETURNING {JOB_COLUMNS}",
                 (holder, lease_until, now, now, now, *ids),
             ).fetchall()
-            jobs = sorted((_job(row) for row in rows), key=lambda job: ids.index(job.id))
-            batch.adjust_depth(lane, -len(jobs))
-            for job in jobs:
+            rows.sort(key=lambda row: ids.index(row[0]))
+            batch.adjust_depth(lane, -len(rows))
+            for row in rows:
                 batch.record(
-                    job.id,
+                    row[0],
                     now,
                     EventType.CLAIMED,
                     JobState.QUEUED,
                     JobState.RUNNING,
                     None,
-                    f"attempt {job.attempts} of {job.max_attempts}",
+                    f"attempt {row[13]} of {row[14]}",
                     {"holder": holder},
                 )
-            return jobs
+            return rows
 
-        jobs: list[Job] = await self._write(write)
-        return jobs
+        rows: list[Sequence[Any]] = await self._write(write)
+        return [_job(row) for row in rows]
 
-    async def finish(self, job_id: int, holder: str, result: Any, now: float) -> Job:
+    async def finish(self, job_id: int, holder: str, result: Any, now: float) -> None:
         encoded = json.dumps(result)
 
-        def write(batch: _Batch) -> Job:
-            row = batch.conn.execute(
+        def write(batch: _Batch) -> Sequence[Any]:
+            row: Sequence[Any] | None = batch.conn.execute(
                 "UPDATE jobs SET state = 'done', result = ?, error = NULL, finished_at = ?,"
                 " updated_at = ?, lease_holder = NULL, lease_expires_at = NULL"
                 " WHERE id = ? AND state = 'running' AND lease_holder = ?"
-                f" RETURNING {JOB_COLUMNS}",
+                " RETURNING id",
                 (encoded, now, now, job_id, holder),
             ).fetchone()
             if row is None:
                 raise _refusal(batch.conn, job_id, JobState.DONE, "finish")
             batch.record(job_id, now, EventType.FINISHED, JobState.RUNNING, JobState.DONE, None, "")
-            return _job(row)
+            return row
 
-        job: Job = await self._write(write)
-        return job
+        await self._write(write)
 
     async def fail(
         self, job_id: int, holder: str, error: str, now: float, retry_at: float | None
@@ -791,27 +789,73 @@ class SQLiteStore:
         return await self._read(read)
 
 
-def _duplicate(
-    batch: _Batch, job: Job, source: str, trigger: Trigger, reason: str, now: float
-) -> SubmitResult:
+def _record_duplicate(
+    batch: _Batch, holder: Sequence[Any], source: str, trigger: Trigger, reason: str, now: float
+) -> None:
     who = source or trigger.value
     note = f"duplicate submit from {who}" + (f": {reason}" if reason else "")
+    state = JobState(holder[7])
     batch.record(
-        job.id,
+        holder[0],
         now,
         EventType.DUPLICATE,
-        job.state,
-        job.state,
+        state,
+        state,
         trigger,
         note,
         {"source": source} if source else None,
     )
-    return SubmitResult.model_construct(job=job, duplicate=True)
+
+
+class _CommittedEvents(Sequence[Event]):
+    """A batch's events, built only if someone reads them (most batches have no reader)."""
+
+    def __init__(self, facts: list[tuple[Any, ...]]) -> None:
+        self._facts = facts
+        self._events: list[Event] | None = None
+
+    def _built(self) -> list[Event]:
+        if self._events is None:
+            self._events = [_event_from_facts(fact) for fact in self._facts]
+        return self._events
+
+    def __len__(self) -> int:
+        return len(self._facts)
+
+    @overload
+    def __getitem__(self, index: int) -> Event: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Event]: ...
+
+    def __getitem__(self, index: int | slice) -> Event | Sequence[Event]:
+        return self._built()[index]
+
+    def __iter__(self) -> Iterator[Event]:
+        return iter(self._built())
+
+
+def _event_from_facts(fact: tuple[Any, ...]) -> Event:
+    event_id, job_id, at, event_type, from_state, to_state, trigger, note, data = fact
+    return trusted(
+        Event,
+        dict(
+            id=event_id,
+            job_id=job_id,
+            at=at,
+            type=event_type,
+            from_state=from_state,
+            to_state=to_state,
+            trigger=trigger,
+            note=note,
+            data=data or {},
+        ),
+    )
 
 
 def _apply(
     conn: sqlite3.Connection, pending: list[_Pending], depths: dict[str, int]
-) -> tuple[list[tuple[bool, Any]], list[Event], dict[str, int]]:
+) -> tuple[list[tuple[bool, Any]], list[tuple[Any, ...]], dict[str, int]]:
     """Run a batch of writes in one transaction.
 
     Every write checks before it writes, and its first write is the
@@ -844,7 +888,8 @@ def _apply(
                 batch.write_events()
                 conn.execute("COMMIT")
                 outcomes.update(results)
-                return [outcomes[i] for i in range(len(pending))], batch.events, batch.depths
+                ordered = [outcomes[i] for i in range(len(pending))]
+                return ordered, batch.event_facts, batch.depths
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
