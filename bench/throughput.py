@@ -253,18 +253,25 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1000, help="latency samples")
     parser.add_argument("--concurrency", type=int, default=64, help="the lane's slots")
     parser.add_argument("--only", choices=["in-process", "socket"])
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs of each part; the median of each figure"
+    )
     args = parser.parse_args()
     print(f"machine: {machine()}")
     print(f"{args.jobs:,} no-op jobs, lane concurrency {args.concurrency}, {SUBMITTERS} submitters")
     for title, run in (("in-process", in_process), ("socket", over_socket)):
         if args.only and args.only != title:
             continue
-        home = Path(tempfile.mkdtemp(prefix="ilb.", dir="/tmp"))
-        try:
-            figures = anyio.run(run, args.jobs, args.samples, args.concurrency, home)
-        finally:
-            shutil.rmtree(home, ignore_errors=True)
-        report(title, figures)
+        runs = []
+        for _ in range(args.repeat):
+            home = Path(tempfile.mkdtemp(prefix="ilb.", dir="/tmp"))
+            try:
+                runs.append(anyio.run(run, args.jobs, args.samples, args.concurrency, home))
+            finally:
+                shutil.rmtree(home, ignore_errors=True)
+        median = {name: statistics.median(r[name] for r in runs) for name in runs[0]}
+        suffix = f", median of {args.repeat} runs" if args.repeat > 1 else ""
+        report(title + suffix, median)
 
 
 if __name__ == "__main__":
