@@ -129,10 +129,16 @@ class DaemonProcess:
             self._notify = None
 
 
+# Timers submit maintenance jobs of their own; tests that count jobs switch them off.
+NO_TIMERS = "\n[maintenance]\ntimers = {}\n"
+
+
 @pytest.fixture
 def daemon(home: Path) -> Iterator[DaemonProcess]:
-    """A running daemon under `home`, with the embedded default config."""
-    process = DaemonProcess(home).start()
+    """A running daemon under `home`: the embedded defaults, without timers."""
+    config = home / "interlock.toml"
+    config.write_text(NO_TIMERS)
+    process = DaemonProcess(home, config).start()
     try:
         yield process
     finally:
@@ -144,11 +150,17 @@ def make_daemon(home: Path) -> Iterator[Any]:
     """A factory for daemons with a config of the test's own (TOML text)."""
     started: list[DaemonProcess] = []
 
-    def make(config_text: str | None = None, **extra_env: str) -> DaemonProcess:
+    def make(
+        config_text: str | None = None, timers: bool = False, **extra_env: str
+    ) -> DaemonProcess:
+        """A daemon (not yet started) with this config; timers off unless asked for."""
+        text = config_text or ""
+        if not timers and "[maintenance" not in text:
+            text += NO_TIMERS
         config = None
-        if config_text is not None:
+        if text:
             config = home / "interlock.toml"
-            config.write_text(config_text)
+            config.write_text(text)
         process = DaemonProcess(home, config, extra_env)
         started.append(process)
         return process
@@ -171,6 +183,8 @@ class CliResult:
 
 
 def run_cli(home: Path, *args: str, config: Path | None = None, timeout: float = 30) -> CliResult:
+    if config is None and (home / "interlock.toml").exists():
+        config = home / "interlock.toml"  # the same file as the test's daemon
     """Run `interlock ARGS` as a user would, against the daemon under `home`."""
     done = subprocess.run(
         [sys.executable, "-m", "interlock", *args],

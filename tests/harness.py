@@ -9,7 +9,7 @@ from pathlib import Path
 import anyio
 
 from interlock.clock import Clock
-from interlock.config import Config, resolve_paths
+from interlock.config import Config, MaintenanceConfig, resolve_paths
 from interlock.daemon import Daemon
 from interlock.domain import Event, EventType, JobState
 from interlock.handlers import HandlerRegistry
@@ -24,6 +24,9 @@ async def running_daemon(
 ) -> AsyncIterator[Daemon]:
     """Start a Daemon in this event loop, yield it once ready, stop it cleanly afterwards."""
     config = config or Config()
+    if "maintenance" not in config.model_fields_set:
+        # Timers submit jobs of their own; tests that want them pass a maintenance config.
+        config = config.model_copy(update={"maintenance": MaintenanceConfig(timers={})})
     if "shutdown_grace_seconds" not in config.daemon.model_fields_set:
         # Real seconds: jobs sleeping on a fake clock would hold every test for the default grace.
         config = config.model_copy(

@@ -340,6 +340,38 @@ async def cmd_health(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_tick(client: Client, args: argparse.Namespace) -> int:
+    result = await client.tick(args.name)
+    if args.json:
+        _emit_json({"id": result.job.id, "state": result.job.state.value, "job": result.job})
+    else:
+        print(f"queued {_job_line(result.job)}")
+    return EXIT_OK
+
+
+async def cmd_stalls(client: Client, args: argparse.Namespace) -> int:
+    found = await client.stalls()
+    if args.json:
+        _emit_json(found)
+        return EXIT_OK
+    now = time.time()
+    rows = []
+    for why, jobs in (
+        ("lease expired", found.expired),
+        ("waiting too long", found.waiting),
+        ("stalled recently", found.recent),
+    ):
+        for job in jobs:
+            rows.append(
+                [str(job.id), job.kind, job.lane, job.state.value, why, _age(now - job.created_at)]
+            )
+    if rows:
+        print(_table(["ID", "KIND", "LANE", "STATE", "WHY", "AGE"], rows))
+    else:
+        print("no stalls")
+    return EXIT_OK
+
+
 def _validation_sentence(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors():
@@ -430,6 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", parents=[common], help="resume a lane")
     p.add_argument("lane")
     sub.add_parser("health", parents=[common], help="is the daemon well")
+    p = sub.add_parser("tick", parents=[common], help="run a maintenance timer's job now")
+    p.add_argument("name")
+    sub.add_parser("stalls", parents=[common], help="stalled and long-waiting jobs")
     sub.add_parser(
         "paths", parents=[common], help="print the resolved config, store and socket paths"
     )
@@ -447,6 +482,8 @@ COMMANDS: dict[str, Command] = {
     "pause": cmd_pause,
     "resume": cmd_resume,
     "health": cmd_health,
+    "tick": cmd_tick,
+    "stalls": cmd_stalls,
 }
 
 

@@ -54,6 +54,7 @@ class LaneConfig(_Section):
     concurrency: int = Field(ge=1, le=10_000)
     max_depth: int = Field(ge=1)
     aging_seconds: float = Field(default=60.0, gt=0)
+    stall_after_seconds: float = Field(default=3600.0, gt=0)
 
 
 class RetryPolicy(_Section):
@@ -73,12 +74,15 @@ class KindConfig(_Section):
     backoff_base_seconds: float | None = Field(default=None, ge=0)
     backoff_max_seconds: float | None = Field(default=None, ge=0)
     backoff_jitter: float | None = Field(default=None, ge=0, le=1)
+    key_window_seconds: float | None = Field(default=None, ge=0)
 
 
 class JobsConfig(_Section):
     """Defaults for every job kind."""
 
     default_lane: str = "background"
+    # How long a finished job keeps its idempotency key; 0: only while it is live.
+    key_window_seconds: float = Field(default=0.0, ge=0)
     retry: RetryPolicy = RetryPolicy()
 
 
@@ -94,6 +98,36 @@ class _BadSetting(ValueError):
         self.reason = reason
 
 
+class TimerConfig(_Section):
+    """A timer: every interval (plus a fixed jitter per slot) it submits one maintenance job."""
+
+    enabled: bool = True
+    kind: str = Field(min_length=1)
+    interval_seconds: float = Field(gt=0, le=366 * 86400)
+    jitter_seconds: float = Field(default=0.0, ge=0)
+    lane: str = "maintenance"
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _jitter_inside_interval(self) -> TimerConfig:
+        if self.jitter_seconds >= self.interval_seconds:
+            raise ValueError("jitter_seconds must be less than interval_seconds")
+        return self
+
+
+def _default_timers() -> dict[str, TimerConfig]:
+    return {
+        "health": TimerConfig(kind="health.snapshot", interval_seconds=60, jitter_seconds=5),
+        "stalls": TimerConfig(kind="stalls.scan", interval_seconds=30, jitter_seconds=3),
+    }
+
+
+class MaintenanceConfig(_Section):
+    """The timers that keep the daemon coherent, each a job in the maintenance lane."""
+
+    timers: dict[str, TimerConfig] = Field(default_factory=_default_timers)
+
+
 def _default_lanes() -> dict[str, LaneConfig]:
     return {
         "urgent": LaneConfig(rank=0, concurrency=4, max_depth=1_000),
@@ -104,7 +138,14 @@ def _default_lanes() -> dict[str, LaneConfig]:
 
 
 def _default_kinds() -> dict[str, KindConfig]:
-    return {"noop": KindConfig(lane="interactive"), "sleep": KindConfig(lane="background")}
+    day = 86_400.0
+    return {
+        "noop": KindConfig(lane="interactive"),
+        "sleep": KindConfig(lane="background"),
+        # A timer's key names its slot; keeping it a day makes a replayed tick collapse.
+        "health.snapshot": KindConfig(lane="maintenance", key_window_seconds=day),
+        "stalls.scan": KindConfig(lane="maintenance", key_window_seconds=day),
+    }
 
 
 class Config(_Section):
@@ -116,6 +157,7 @@ class Config(_Section):
     jobs: JobsConfig = JobsConfig()
     lanes: dict[str, LaneConfig] = Field(default_factory=_default_lanes, min_length=1)
     kinds: dict[str, KindConfig] = Field(default_factory=_default_kinds)
+    maintenance: MaintenanceConfig = MaintenanceConfig()
 
     @model_validator(mode="after")
     def _lanes_exist(self) -> Config:
@@ -131,6 +173,12 @@ class Config(_Section):
                 ("jobs", "default_lane"),
                 f"no lane named {self.jobs.default_lane!r}; the lanes are {known}",
             )
+        for name, timer in self.maintenance.timers.items():
+            if timer.lane not in self.lanes:
+                raise _BadSetting(
+                    ("maintenance", "timers", name, "lane"),
+                    f"no lane named {timer.lane!r}; the lanes are {known}",
+                )
         for kind, settings in self.kinds.items():
             if settings.lane is not None and settings.lane not in self.lanes:
                 raise _BadSetting(
@@ -146,6 +194,13 @@ class Config(_Section):
             return settings.lane
         return self.jobs.default_lane
 
+    def key_window(self, kind: str) -> float:
+        """Seconds a finished job of `kind` still holds its key (0: only while live)."""
+        settings = self.kinds.get(kind)
+        if settings is not None and settings.key_window_seconds is not None:
+            return settings.key_window_seconds
+        return self.jobs.key_window_seconds
+
     def retry_policy(self, kind: str) -> RetryPolicy:
         """The retry policy of `kind`: its own settings over the defaults."""
         settings = self.kinds.get(kind)
@@ -154,7 +209,7 @@ class Config(_Section):
             return base
         overrides = {
             name: value
-            for name, value in settings.model_dump(exclude={"lane"}).items()
+            for name, value in settings.model_dump(exclude={"lane", "key_window_seconds"}).items()
             if value is not None
         }
         return base.model_copy(update=overrides)

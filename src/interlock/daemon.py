@@ -23,6 +23,7 @@ from interlock.handlers import HandlerRegistry, default_registry
 from interlock.hub import Hub
 from interlock.ipc.server import Server
 from interlock.lanes import LaneRunner, lane_order
+from interlock.maintenance.scheduler import Scheduler
 from interlock.store.sqlite import SQLiteStore
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class Daemon:
             )
             for name in lane_order(config.lanes)
         ]
+        self.scheduler = Scheduler(self.hub, self.clock, config.maintenance.timers)
         self._stop = anyio.Event()
         self.server: Server | None = None
 
@@ -83,6 +85,7 @@ class Daemon:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Start, report ready, serve until stopped, then drain and close."""
+        self.scheduler.check()
         lock = _lock(self.paths.lock_path)
         try:
             await self._run(task_status)
@@ -97,12 +100,18 @@ class Daemon:
             if recovered:
                 log.warning("requeued %d job(s) left running by a previous daemon", len(recovered))
             self.server = Server(
-                self.hub, self.config, self.paths.socket_path, self.paths.db_path, self.clock.now()
+                self.hub,
+                self.config,
+                self.paths.socket_path,
+                self.paths.db_path,
+                self.clock.now(),
+                scheduler=self.scheduler,
             )
             listener = await self.server.listen()
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(self.server.serve, listener)
                 tasks.start_soon(self.store.run_checkpoints)
+                tasks.start_soon(self.scheduler.run)
                 for runner in self.runners:
                     tasks.start_soon(runner.run)
                 if self.handle_signals:

@@ -111,6 +111,8 @@ class EventType(enum.StrEnum):
     CANCELLED = "cancelled"
     RETRIED = "retried"
     REQUEUED = "requeued"
+    STALLED = "stalled"  # a running job's lease expired: its worker hung or died
+    STALL_FLAGGED = "stall_flagged"  # a queued job waited past its lane's threshold
 
 
 class JobSpec(BaseModel):

@@ -30,7 +30,7 @@ from interlock.domain import (
     Trigger,
     sources_of,
 )
-from interlock.errors import BadRequest, UnknownKind, UnknownLane
+from interlock.errors import BadRequest, InterlockError, UnknownKind, UnknownLane
 from interlock.store import Change, NewJob, Store
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,7 @@ class Hub:
             max_attempts=policy.max_attempts,
             order_key=now - spec.priority * settings.aging_seconds,
             max_depth=settings.max_depth,
+            key_window_seconds=self.config.key_window(spec.kind),
         )
         result = await self.store.submit(new, now)
         if not result.duplicate:
@@ -138,11 +139,11 @@ class Hub:
         """Extend a running job's lease; False once the job is no longer ours."""
         now = self.clock.now()
         lease_until = now + self.config.daemon.lease_seconds
-        return await self.store.heartbeat(job.id, self.holder, now, lease_until)
+        return await self.store.heartbeat(job.id, self.holder, job.attempts, now, lease_until)
 
     async def finish(self, job: Job, result: Any) -> None:
         """A handler returned: the job is done."""
-        await self.store.finish(job.id, self.holder, result, self.clock.now())
+        await self.store.finish(job.id, self.holder, job.attempts, result, self.clock.now())
 
     async def fail(self, job: Job, error: BaseException) -> Job:
         """A handler raised: record why, then retry after backoff or give up."""
@@ -152,7 +153,7 @@ class Hub:
         if job.attempts < job.max_attempts:
             retry_at = now + backoff_delay(policy, job.attempts, self._rng)
         message = f"{type(error).__name__}: {error}"
-        failed = await self.store.fail(job.id, self.holder, message, now, retry_at)
+        failed = await self.store.fail(job.id, self.holder, job.attempts, message, now, retry_at)
         if retry_at is not None:
             self._wake(job.lane)
         return failed
@@ -232,6 +233,78 @@ class Hub:
         return await self.store.requeue_running(
             self.clock.now(), Trigger.RECOVERY, note, holder=self.holder, uncount_attempt=True
         )
+
+    # -- stalls ------------------------------------------------------------------------------
+
+    async def requeue_stalled(self) -> list[Job]:
+        """Running jobs whose lease expired (a hung or dead worker): queue them again.
+
+        A job whose attempts are spent is dead instead. A hung handler in this
+        process is cancelled, so it cannot finish an attempt that is no longer its own.
+        """
+        now = self.clock.now()
+        changed = []
+        for job in await self.store.expired_leases(now):
+            spent = job.attempts >= job.max_attempts
+            target = JobState.DEAD if spent else JobState.QUEUED
+            note = (
+                f"lease held by {job.lease_holder} expired at {job.lease_expires_at or 0:.3f}"
+                f" (last heartbeat {job.heartbeat_at or 0:.3f}); "
+                + ("attempts spent: dead" if spent else "requeued")
+            )
+            try:
+                changed.append(
+                    await self.store.change(
+                        Change(
+                            job_id=job.id,
+                            target=target,
+                            allowed_from=frozenset({JobState.RUNNING}),
+                            event_type=EventType.STALLED,
+                            trigger=Trigger.RECOVERY,
+                            note=note,
+                            action="requeue",
+                            lease_expired_before=now,
+                        ),
+                        now,
+                    )
+                )
+            except InterlockError:
+                continue  # it finished or heartbeated meanwhile
+            scope = self._running_scopes.pop(job.id, None)
+            if scope is not None:
+                scope.cancel()
+            self._wake(job.lane)
+        return changed
+
+    async def flag_long_waits(self) -> list[Job]:
+        """Queued jobs waiting past their lane's stall_after_seconds get one event each."""
+        now = self.clock.now()
+        flagged = []
+        for lane, settings in self.config.lanes.items():
+            for job in await self.store.waiting_since(lane, now - settings.stall_after_seconds):
+                note = (
+                    f"waiting {now - job.created_at:.0f}s in lane {lane},"
+                    f" past its {settings.stall_after_seconds:g}s threshold"
+                )
+                if await self.store.flag(job.id, EventType.STALL_FLAGGED, note, now):
+                    flagged.append(job)
+        return flagged
+
+    async def stalls(self, within_seconds: float = 86_400.0) -> dict[str, list[Job]]:
+        """Leases expired now, jobs waiting too long, and jobs stalled recently."""
+        now = self.clock.now()
+        waiting: list[Job] = []
+        for lane, settings in self.config.lanes.items():
+            waiting += await self.store.waiting_since(lane, now - settings.stall_after_seconds)
+        return {
+            "expired": await self.store.expired_leases(now),
+            "waiting": waiting,
+            "recent": await self.store.recently_stalled(now - within_seconds),
+        }
+
+    async def latest_done(self, kind: str) -> Job | None:
+        """The newest finished job of a kind (the last health snapshot, say)."""
+        return await self.store.latest_done(kind)
 
     # -- reads -----------------------------------------------------------------------------
 

@@ -163,6 +163,7 @@ class LaneRunner:
             heartbeat=lambda: self.hub.heartbeat(job),
             lease_seconds=self.hub.config.daemon.lease_seconds,
             artifacts_root=self.artifacts_dir,
+            hub=self.hub,
         )
         try:
             if handler is None:

@@ -51,9 +51,11 @@ def undocumented(model: type[BaseModel], tables: list[dict[str, Any]], where: st
             continue
         annotation: Any = field.annotation
         if get_origin(annotation) is dict:
-            # lanes.* and kinds.*: every field must appear in at least one entry.
-            entries = [entry for value in values for entry in value.values()]
-            missing += undocumented(get_args(annotation)[1], entries, f"{dotted}.*")
+            value_type = get_args(annotation)[1]
+            if isinstance(value_type, type) and issubclass(value_type, BaseModel):
+                # lanes.*, kinds.*, timers.*: every field appears in at least one entry.
+                entries = [entry for value in values for entry in value.values()]
+                missing += undocumented(value_type, entries, f"{dotted}.*")
         elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
             missing += undocumented(annotation, values, dotted)
     return missing

@@ -9,6 +9,7 @@ from typing import Any
 
 from interlock.clock import Clock
 from interlock.domain import Job
+from interlock.hub import Hub
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class JobContext:
     heartbeat: Callable[[], Awaitable[bool]]
     lease_seconds: float
     artifacts_root: Path
+    hub: Hub  # maintenance kinds read and act through it, like every other part
 
     @property
     def artifacts_dir(self) -> Path:
@@ -54,8 +56,10 @@ class HandlerRegistry(Mapping[str, Handler]):
 
 def default_registry() -> HandlerRegistry:
     """Every built-in kind."""
+    from interlock import maintenance
     from interlock.handlers import diagnostics
 
     registry = HandlerRegistry()
     diagnostics.register(registry)
+    maintenance.register(registry)
     return registry

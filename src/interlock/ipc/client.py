@@ -197,6 +197,14 @@ class Client:
         """The daemon's health."""
         return await self._typed(wire.HealthReply, "health")
 
+    async def tick(self, name: str) -> SubmitResult:
+        """Run a timer's job now."""
+        return await self._typed(SubmitResult, "tick", {"name": name})
+
+    async def stalls(self) -> wire.StallsReply:
+        """Stalled and long-waiting jobs."""
+        return await self._typed(wire.StallsReply, "stalls")
+
     async def subscribe(self) -> None:
         """From now on, every committed transition arrives on `notifications`."""
         await self.call("subscribe")

@@ -115,6 +115,21 @@ class HealthReply(_Message):
     connections: int
     store_path: str
     socket_path: str
+    snapshot: dict[str, Any] | None = None  # the latest health.snapshot job's result
+
+
+class TickParams(_Message):
+    """Run a timer's job now, by hand."""
+
+    name: str = Field(min_length=1)
+
+
+class StallsReply(_Message):
+    """Jobs whose lease expired, jobs waiting past their lane's threshold, recent stalls."""
+
+    expired: list[Job]
+    waiting: list[Job]
+    recent: list[Job]
 
 
 class Subscribed(_Message):
@@ -146,6 +161,8 @@ PARAMS: dict[str, type[BaseModel]] = {
     "resume": LaneParams,
     "health": NoParams,
     "subscribe": NoParams,
+    "tick": TickParams,
+    "stalls": NoParams,
 }
 
 # method name -> the model of its result.
@@ -162,6 +179,8 @@ RESULTS: dict[str, type[BaseModel]] = {
     "resume": LanesReply,
     "health": HealthReply,
     "subscribe": Subscribed,
+    "tick": SubmitResult,
+    "stalls": StallsReply,
 }
 
 NOTIFICATION_EVENT = "event"

@@ -27,9 +27,11 @@ from interlock import __version__
 from interlock.bus import LaneNotice, Notice
 from interlock.config import PROTOCOL_VERSION, Config
 from interlock.domain import JobFilter, JobSpec
-from interlock.errors import InterlockError
+from interlock.errors import BadRequest, InterlockError
 from interlock.hub import Hub
 from interlock.ipc import protocol as wire
+from interlock.maintenance.health import KIND as HEALTH_KIND
+from interlock.maintenance.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,7 @@ class Server:
         store_path: Path,
         started_at: float,
         own_uid: int | None = None,
+        scheduler: Scheduler | None = None,
     ) -> None:
         self.hub = hub
         self.config = config
@@ -82,6 +85,7 @@ class Server:
         self.store_path = store_path
         self.started_at = started_at
         self.own_uid = os.getuid() if own_uid is None else own_uid
+        self.scheduler = scheduler
         self.connections = 0
         self.stopping = False
         self._methods: dict[str, Method] = {
@@ -95,6 +99,8 @@ class Server:
             "pause": self._pause,
             "resume": self._resume,
             "health": self._health,
+            "tick": self._tick,
+            "stalls": self._stalls,
         }
 
     async def listen(self) -> anyio.abc.SocketListener:
@@ -319,8 +325,18 @@ class Server:
         status = await self.hub.set_paused(params.lane, False)
         return wire.LanesReply(lanes=[status])
 
+    async def _tick(self, params: wire.TickParams) -> BaseModel:
+        if self.scheduler is None:
+            raise BadRequest("this daemon runs no timers")
+        return await self.scheduler.tick(params.name)
+
+    async def _stalls(self, _params: wire.NoParams) -> BaseModel:
+        found = await self.hub.stalls()
+        return wire.StallsReply(**found)
+
     async def _health(self, _params: wire.NoParams) -> BaseModel:
         counts = await self.hub.counts()
+        latest = await self.hub.latest_done(HEALTH_KIND)
         now = time.time()
         return wire.HealthReply(
             status="stopping" if self.stopping else "ok",
@@ -334,6 +350,7 @@ class Server:
             connections=self.connections,
             store_path=str(self.store_path),
             socket_path=str(self.socket_path),
+            snapshot=None if latest is None else latest.result,
         )
 
 

@@ -30,6 +30,7 @@ class NewJob:
     max_attempts: int
     order_key: float
     max_depth: int
+    key_window_seconds: float = 0.0  # a finished job still holds its key this long
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Change:
     data: dict[str, Any] | None = None
     reset_attempts: bool = False
     uncount_attempt: bool = False  # the attempt was cut short through no fault of the job
+    lease_expired_before: float | None = None  # only if the lease is still expired then
 
 
 @dataclass(frozen=True)
@@ -84,13 +86,23 @@ class Store(Protocol):
         self, lane: str, limit: int, holder: str, now: float, lease_until: float
     ) -> list[Job]: ...
 
-    async def finish(self, job_id: int, holder: str, result: Any, now: float) -> None: ...
+    async def finish(
+        self, job_id: int, holder: str, attempt: int, result: Any, now: float
+    ) -> None: ...
 
     async def fail(
-        self, job_id: int, holder: str, error: str, now: float, retry_at: float | None
+        self,
+        job_id: int,
+        holder: str,
+        attempt: int,
+        error: str,
+        now: float,
+        retry_at: float | None,
     ) -> Job: ...
 
-    async def heartbeat(self, job_id: int, holder: str, now: float, lease_until: float) -> bool: ...
+    async def heartbeat(
+        self, job_id: int, holder: str, attempt: int, now: float, lease_until: float
+    ) -> bool: ...
 
     async def change(self, change: Change, now: float) -> Job: ...
 
@@ -113,3 +125,15 @@ class Store(Protocol):
     async def next_due(self, lane: str, now: float) -> float | None: ...
 
     async def count_by_state(self) -> dict[JobState, int]: ...
+
+    async def expired_leases(self, now: float) -> list[Job]: ...
+
+    async def waiting_since(self, lane: str, before: float) -> list[Job]: ...
+
+    async def recently_stalled(self, since: float) -> list[Job]: ...
+
+    async def flag(self, job_id: int, event_type: EventType, note: str, now: float) -> bool: ...
+
+    async def latest_done(self, kind: str) -> Job | None: ...
+
+    async def size_bytes(self) -> int: ...

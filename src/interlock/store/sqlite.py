@@ -11,7 +11,9 @@ commit together, because they are written by the same function.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -378,6 +380,14 @@ class SQLiteStore:
                     f" AND state NOT IN ({_TERMINAL_SQL})",
                     (spec.key,),
                 ).fetchone()
+                if holder is None and new.key_window_seconds > 0:
+                    # The kind keeps keys past the end of a job: the newest
+                    # job with this key that ended inside the window answers.
+                    holder = conn.execute(
+                        f"SELECT {JOB_COLUMNS} FROM jobs WHERE key = ? AND finished_at >= ?"
+                        " ORDER BY id DESC LIMIT 1",
+                        (spec.key, now - new.key_window_seconds),
+                    ).fetchone()
                 if holder is not None:
                     _record_duplicate(batch, holder, spec.source, spec.trigger, spec.reason, now)
                     return holder, True
@@ -483,16 +493,16 @@ class SQLiteStore:
         rows: list[Sequence[Any]] = await self._write(write)
         return [_job(row) for row in rows]
 
-    async def finish(self, job_id: int, holder: str, result: Any, now: float) -> None:
+    async def finish(self, job_id: int, holder: str, attempt: int, result: Any, now: float) -> None:
         encoded = json.dumps(result)
 
         def write(batch: _Batch) -> Sequence[Any]:
             row: Sequence[Any] | None = batch.conn.execute(
                 "UPDATE jobs SET state = 'done', result = ?, error = NULL, finished_at = ?,"
                 " updated_at = ?, lease_holder = NULL, lease_expires_at = NULL"
-                " WHERE id = ? AND state = 'running' AND lease_holder = ?"
+                " WHERE id = ? AND state = 'running' AND lease_holder = ? AND attempts = ?"
                 " RETURNING id",
-                (encoded, now, now, job_id, holder),
+                (encoded, now, now, job_id, holder, attempt),
             ).fetchone()
             if row is None:
                 raise _refusal(batch.conn, job_id, JobState.DONE, "finish")
@@ -502,16 +512,22 @@ class SQLiteStore:
         await self._write(write)
 
     async def fail(
-        self, job_id: int, holder: str, error: str, now: float, retry_at: float | None
+        self,
+        job_id: int,
+        holder: str,
+        attempt: int,
+        error: str,
+        now: float,
+        retry_at: float | None,
     ) -> Job:
         def write(batch: _Batch) -> Job:
             conn = batch.conn
             row = conn.execute(
                 "UPDATE jobs SET state = 'failed', error = ?, updated_at = ?,"
                 " lease_holder = NULL, lease_expires_at = NULL"
-                " WHERE id = ? AND state = 'running' AND lease_holder = ?"
+                " WHERE id = ? AND state = 'running' AND lease_holder = ? AND attempts = ?"
                 " RETURNING attempts, max_attempts, lane",
-                (error, now, job_id, holder),
+                (error, now, job_id, holder, attempt),
             ).fetchone()
             if row is None:
                 raise _refusal(conn, job_id, JobState.FAILED, "fail")
@@ -557,12 +573,14 @@ class SQLiteStore:
         job: Job = await self._write(write)
         return job
 
-    async def heartbeat(self, job_id: int, holder: str, now: float, lease_until: float) -> bool:
+    async def heartbeat(
+        self, job_id: int, holder: str, attempt: int, now: float, lease_until: float
+    ) -> bool:
         def write(batch: _Batch) -> bool:
             cursor = batch.conn.execute(
                 "UPDATE jobs SET heartbeat_at = ?, lease_expires_at = ?"
-                " WHERE id = ? AND state = 'running' AND lease_holder = ?",
-                (now, lease_until, job_id, holder),
+                " WHERE id = ? AND state = 'running' AND lease_holder = ? AND attempts = ?",
+                (now, lease_until, job_id, holder, attempt),
             )
             return cursor.rowcount == 1
 
@@ -590,14 +608,20 @@ class SQLiteStore:
             params: list[Any] = [target.value, now]
             if target in TERMINAL_STATES:
                 params.append(now)
+            lease_sql = ""
+            if change.lease_expired_before is not None:
+                lease_sql = " AND lease_expires_at < ?"
+                params_lease: tuple[float, ...] = (change.lease_expired_before,)
+            else:
+                params_lease = ()
             try:
                 row = conn.execute(
                     f"UPDATE jobs SET state = ?, updated_at = ?, finished_at = {finished_sql},"
                     f" attempts = {attempts_sql}, lease_holder = NULL, lease_expires_at = NULL,"
                     " not_before ="
                     " CASE WHEN ? = 'queued' THEN MAX(not_before, ?) ELSE not_before END"
-                    f" WHERE id = ? AND state IN ({marks}) RETURNING {JOB_COLUMNS}",
-                    (*params, target.value, now, change.job_id, *sources),
+                    f" WHERE id = ? AND state IN ({marks}){lease_sql} RETURNING {JOB_COLUMNS}",
+                    (*params, target.value, now, change.job_id, *sources, *params_lease),
                 ).fetchone()
             except sqlite3.IntegrityError:
                 key, holder_id = conn.execute(
@@ -776,6 +800,88 @@ class SQLiteStore:
                 (lane, now),
             ).fetchone()
             return None if due is None else float(due)
+
+        return await self._read(read)
+
+    async def expired_leases(self, now: float) -> list[Job]:
+        def read(conn: sqlite3.Connection) -> list[Job]:
+            return [
+                _job(row)
+                for row in conn.execute(
+                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'running'"
+                    " AND lease_expires_at < ? ORDER BY id",
+                    (now,),
+                )
+            ]
+
+        return await self._read(read)
+
+    async def waiting_since(self, lane: str, before: float) -> list[Job]:
+        def read(conn: sqlite3.Connection) -> list[Job]:
+            return [
+                _job(row)
+                for row in conn.execute(
+                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'queued' AND lane = ?"
+                    " AND created_at < ? ORDER BY id LIMIT 1000",
+                    (lane, before),
+                )
+            ]
+
+        return await self._read(read)
+
+    async def recently_stalled(self, since: float) -> list[Job]:
+        def read(conn: sqlite3.Connection) -> list[Job]:
+            return [
+                _job(row)
+                for row in conn.execute(
+                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE id IN (SELECT job_id FROM events"
+                    " WHERE type = 'stalled' AND at >= ?) ORDER BY id DESC LIMIT 1000",
+                    (since,),
+                )
+            ]
+
+        return await self._read(read)
+
+    async def flag(self, job_id: int, event_type: EventType, note: str, now: float) -> bool:
+        """Record an event that changes no state, once per job and type; True if recorded."""
+
+        def write(batch: _Batch) -> bool:
+            row = batch.conn.execute(
+                "SELECT state, EXISTS (SELECT 1 FROM events WHERE job_id = ? AND type = ?)"
+                " FROM jobs WHERE id = ?",
+                (job_id, event_type.value, job_id),
+            ).fetchone()
+            if row is None:
+                raise UnknownJob(job_id)
+            if row[1]:
+                return False
+            state = JobState(row[0])
+            batch.record(job_id, now, event_type, state, state, None, note)
+            return True
+
+        flagged: bool = await self._write(write)
+        return flagged
+
+    async def latest_done(self, kind: str) -> Job | None:
+        def read(conn: sqlite3.Connection) -> Job | None:
+            row = conn.execute(
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE kind = ? AND state = 'done'"
+                " ORDER BY id DESC LIMIT 1",
+                (kind,),
+            ).fetchone()
+            return None if row is None else _job(row)
+
+        return await self._read(read)
+
+    async def size_bytes(self) -> int:
+        """The database and its write-ahead log on disk (stat on the reader's thread)."""
+
+        def read(_conn: sqlite3.Connection) -> int:
+            total = 0
+            for suffix in ("", "-wal"):
+                with contextlib.suppress(OSError):
+                    total += os.stat(f"{self.path}{suffix}").st_size
+            return total
 
         return await self._read(read)
 

@@ -1,0 +1,64 @@
+"""health.snapshot: how the daemon is doing, kept as the job's result for `interlock health`."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+
+from interlock.domain import JobState
+from interlock.handlers import JobContext
+
+KIND = "health.snapshot"
+
+
+async def _loop_lag() -> float:
+    """Seconds a ready task waits for the event loop right now."""
+    started = time.perf_counter()
+    await anyio.lowlevel.checkpoint()
+    return time.perf_counter() - started
+
+
+async def _rss_bytes() -> int | None:
+    try:
+        statm = await anyio.Path("/proc/self/statm").read_text()
+    except OSError:
+        return None
+    return int(statm.split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+async def snapshot(ctx: JobContext) -> dict[str, Any]:
+    """Lane depths, running, oldest wait per lane, stalls, approvals, store size, lag, RSS."""
+    hub = ctx.hub
+    now = ctx.clock.now()
+    lanes = await hub.lanes()
+    counts = await hub.counts()
+    stalls = await hub.stalls(within_seconds=3600)
+    return {
+        "at": now,
+        "lanes": {
+            lane.name: {
+                "queued": lane.queued,
+                "running": lane.running,
+                "paused": lane.paused,
+                "oldest_queued_seconds": (
+                    None if lane.oldest_queued_at is None else round(now - lane.oldest_queued_at, 3)
+                ),
+            }
+            for lane in lanes
+        },
+        "jobs": {state.value: count for state, count in counts.items()},
+        "running": counts[JobState.RUNNING],
+        "stalled": {
+            "expired_leases": len(stalls["expired"]),
+            "waiting_too_long": len(stalls["waiting"]),
+            "stalled_last_hour": len(stalls["recent"]),
+        },
+        "approvals_waiting": counts[JobState.AWAITING_APPROVAL],
+        "store_bytes": await hub.store.size_bytes(),
+        "loop_lag_seconds": round(await _loop_lag(), 6),
+        "rss_bytes": await _rss_bytes(),
+    }
