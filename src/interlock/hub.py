@@ -104,8 +104,15 @@ class Hub:
 
     # -- submit ----------------------------------------------------------------------
 
-    async def submit(self, spec: JobSpec) -> SubmitResult:
-        """Queue a job, or return the live job that already holds its key."""
+    async def submit(
+        self, spec: JobSpec, key_window_seconds: float | None = None
+    ) -> SubmitResult:
+        """Queue a job, or return the job that already holds its key.
+
+        A live job always holds its key; a finished one holds it for the kind's
+        key window, or for `key_window_seconds` when the caller gives one
+        (timers and the inbox keep keys longer than the kind would).
+        """
         if spec.kind not in self.kinds:
             raise UnknownKind(spec.kind, sorted(self.kinds))
         lane = spec.lane or self.config.lane_for(spec.kind)
@@ -120,7 +127,11 @@ class Hub:
             max_attempts=policy.max_attempts,
             order_key=now - spec.priority * settings.aging_seconds,
             max_depth=settings.max_depth,
-            key_window_seconds=self.config.key_window(spec.kind),
+            key_window_seconds=(
+                self.config.key_window(spec.kind)
+                if key_window_seconds is None
+                else key_window_seconds
+            ),
         )
         result = await self.store.submit(new, now)
         if not result.duplicate:

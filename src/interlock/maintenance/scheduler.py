@@ -26,6 +26,8 @@ from interlock.hub import Hub
 
 log = logging.getLogger(__name__)
 
+DAY = 86_400.0
+
 
 def slot_of(timer: TimerConfig, now: float) -> int:
     """The slot `now` falls in."""
@@ -111,8 +113,11 @@ class Scheduler:
             reason=f"timer {name}, slot {slot} (from {due})",
             source=f"timer {name}",
         )
+        # The slot's key outlives the job for a day (or two intervals, if longer),
+        # whatever the kind's own window: a replayed tick must collapse.
+        window = max(DAY, 2 * timer.interval_seconds, self.hub.config.key_window(timer.kind))
         try:
-            return await self.hub.submit(spec)
+            return await self.hub.submit(spec, key_window_seconds=window)
         except InterlockError as exc:
             log.error("timer %s: slot %s was not submitted: %s", name, slot, exc)
             raise

@@ -1,0 +1,42 @@
+"""Timer slots and jitter: pure arithmetic."""
+
+from __future__ import annotations
+
+from interlock.config import TimerConfig
+from interlock.maintenance.scheduler import fire_at, jitter_of, slot_key, slot_of
+
+TIMER = TimerConfig(kind="noop", interval_seconds=60, jitter_seconds=10)
+
+
+def test_slot_is_the_interval_that_contains_now() -> None:
+    assert slot_of(TIMER, 0) == 0
+    assert slot_of(TIMER, 59.999) == 0
+    assert slot_of(TIMER, 60) == 1
+    assert slot_of(TIMER, 1_700_000_000) == 1_700_000_000 // 60
+
+
+def test_jitter_stays_inside_its_bounds_and_spreads() -> None:
+    offsets = [jitter_of("health", slot, 10) for slot in range(5000)]
+    assert min(offsets) >= 0 and max(offsets) < 10
+    assert max(offsets) - min(offsets) > 9  # it does spread over the range
+    assert len({round(offset, 6) for offset in offsets}) > 4000
+
+
+def test_jitter_is_the_same_after_a_restart() -> None:
+    assert jitter_of("health", 42, 10) == jitter_of("health", 42, 10)
+    assert jitter_of("health", 42, 10) != jitter_of("stalls", 42, 10)
+
+
+def test_fire_time_is_slot_start_plus_its_jitter() -> None:
+    for slot in range(100):
+        at = fire_at("health", TIMER, slot)
+        assert slot * 60 <= at < slot * 60 + 10
+
+
+def test_no_jitter_fires_at_the_slot_start() -> None:
+    timer = TimerConfig(kind="noop", interval_seconds=30)
+    assert fire_at("x", timer, 7) == 210
+
+
+def test_key_names_the_timer_and_the_slot() -> None:
+    assert slot_key("health", 12) == "timer:health:12"
