@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -151,6 +152,9 @@ def _print_lanes(lanes: Sequence[LaneStatus]) -> None:
         for lane in lanes
     ]
     print(_table(["LANE", "STATUS", "RUNNING", "QUEUED", "OLDEST"], rows))
+    for lane in lanes:
+        if lane.paused and lane.paused_reason:
+            print(f"{lane.name} paused: {lane.paused_reason}")
 
 
 # -- commands -----------------------------------------------------------------------------
@@ -269,7 +273,12 @@ async def cmd_wait(client: Client, args: argparse.Namespace, notes: Any) -> int:
     timeout = math.inf if args.timeout is None else args.timeout
     with anyio.move_on_after(timeout):
         while not job.state.is_terminal:
-            notice = await notes.receive()
+            try:
+                notice = await notes.receive()
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                raise ClientError(
+                    f"lost the connection to the daemon while waiting for job {args.id}"
+                ) from None
             if isinstance(notice, Event) and notice.job_id == args.id and notice.to_state:
                 job = (await client.get(args.id)).job
     timed_out = not job.state.is_terminal
@@ -335,8 +344,53 @@ async def cmd_health(client: Client, args: argparse.Namespace) -> int:
     counts = ", ".join(f"{count} {state}" for state, count in health.jobs.items() if count)
     print(f"jobs    {counts or 'none'}")
     print(f"clients {health.connections} connected, {health.subscribers} subscribed")
+    tax = (health.snapshot or {}).get("tax")
+    if tax:
+        over = "over budget" if tax["over_budget"] else "within budget"
+        print(
+            f"tax     maintenance {tax['maintenance']['jobs']:.0%} of {tax['jobs']} jobs"
+            f" in the last 24 h ({over}: {tax['budget']:.0%})"
+        )
     print()
     _print_lanes(health.lanes)
+    return EXIT_OK
+
+
+async def cmd_tax(client: Client, args: argparse.Namespace) -> int:
+    report = await client.tax(args.since, args.by)
+    if args.json:
+        _emit_json(report)
+        return EXIT_OK
+    totals = report.totals
+    print(
+        f"autonomy tax, last {_age(report.until - report.since)}:"
+        f" {totals.jobs} jobs, {totals.jobs_per_day:.1f} per day"
+    )
+    for name, figures in (("maintenance", report.maintenance), ("feature", report.feature)):
+        shares = figures.shares
+        print(
+            f"{name.ljust(11)} {shares.jobs:.0%} of jobs, {shares.wall_seconds:.0%} of wall time,"
+            f" {shares.tokens:.0%} of tokens, {shares.cost:.0%} of cost"
+            f" ({figures.totals.jobs} jobs, {figures.totals.jobs_per_day:.1f} per day)"
+        )
+    verdict = "OVER BUDGET" if report.over_budget else "within budget"
+    print(f"budget      maintenance up to {report.budget:.0%} of jobs: {verdict}")
+    if report.groups:
+        rows = [
+            [
+                group.job_class.value,
+                group.name if group.name is not None else "(none)",
+                str(group.totals.jobs),
+                f"{group.totals.jobs_per_day:.1f}",
+                _age(group.totals.wall_seconds),
+                str(group.totals.tokens),
+                f"{group.totals.cost:.2f}",
+            ]
+            for group in report.groups
+        ]
+        print()
+        headers = ["CLASS", (report.by or "").upper(), "JOBS", "PER DAY", "WALL"]
+        print(_table([*headers, "TOKENS", "COST"], rows))
     return EXIT_OK
 
 
@@ -383,6 +437,23 @@ def _validation_sentence(exc: ValidationError) -> str:
 # -- parsing ---------------------------------------------------------------------------------
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")
+_UNIT_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, "w": 604_800.0}
+
+
+def _duration(text: str) -> float:
+    """30m, 12h, 7d, 2w, or plain seconds: more than 0."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"a duration is a number with s, m, h, d or w after it (30m, 12h, 7d), not {text!r}"
+        )
+    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("a duration must be more than 0")
+    return seconds
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -390,6 +461,16 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if value < 0 or math.isnan(value):
         raise argparse.ArgumentTypeError("must be zero or more")
+    return value
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= 10_000:
+        raise argparse.ArgumentTypeError("must be between 1 and 10000")
     return value
 
 
@@ -440,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ls", parents=[common], help="list jobs, newest first")
     p.add_argument("--state", action="append", help="only this state (repeatable)")
     p.add_argument("--lane")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=_limit, default=50, help="at most this many (1-10000)")
 
     for name, text in (
         ("show", "one job and its events"),
@@ -465,6 +546,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tick", parents=[common], help="run a maintenance timer's job now")
     p.add_argument("name")
     sub.add_parser("stalls", parents=[common], help="stalled and long-waiting jobs")
+    p = sub.add_parser(
+        "tax", parents=[common], help="the autonomy tax: maintenance against feature work"
+    )
+    p.add_argument(
+        "--since", type=_duration, default=7 * 86_400.0, metavar="DURATION", help="default 7d"
+    )
+    p.add_argument("--by", choices=("kind", "lane", "project"))
     sub.add_parser(
         "paths", parents=[common], help="print the resolved config, store and socket paths"
     )
@@ -484,6 +572,7 @@ COMMANDS: dict[str, Command] = {
     "health": cmd_health,
     "tick": cmd_tick,
     "stalls": cmd_stalls,
+    "tax": cmd_tax,
 }
 
 
@@ -512,6 +601,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "store": str(paths.db_path),
             "socket": str(paths.socket_path),
             "artifacts": str(paths.artifacts_dir),
+            "inbox": str(paths.inbox_dir),
         }
         if args.json:
             _emit_json(info)

@@ -75,6 +75,8 @@ class KindConfig(_Section):
     backoff_max_seconds: float | None = Field(default=None, ge=0)
     backoff_jitter: float | None = Field(default=None, ge=0, le=1)
     key_window_seconds: float | None = Field(default=None, ge=0)
+    # What a job of this kind must pass before it may stay done (gates.reopen checks).
+    gates: list[Literal["review", "approval"]] = []
 
 
 class JobsConfig(_Section):
@@ -119,6 +121,12 @@ def _default_timers() -> dict[str, TimerConfig]:
     return {
         "health": TimerConfig(kind="health.snapshot", interval_seconds=60, jitter_seconds=5),
         "stalls": TimerConfig(kind="stalls.scan", interval_seconds=30, jitter_seconds=3),
+        "governor": TimerConfig(kind="governor", interval_seconds=60, jitter_seconds=5),
+        "projects": TimerConfig(kind="projects.advance", interval_seconds=300, jitter_seconds=15),
+        "inbox": TimerConfig(kind="inbox.scan", interval_seconds=10, jitter_seconds=1),
+        "retention": TimerConfig(kind="store.retention", interval_seconds=3600, jitter_seconds=60),
+        "aging": TimerConfig(kind="priority.age", interval_seconds=300, jitter_seconds=15),
+        "gates": TimerConfig(kind="gates.reopen", interval_seconds=600, jitter_seconds=30),
     }
 
 
@@ -126,6 +134,72 @@ class MaintenanceConfig(_Section):
     """The timers that keep the daemon coherent, each a job in the maintenance lane."""
 
     timers: dict[str, TimerConfig] = Field(default_factory=_default_timers)
+
+
+# The kinds that keep the daemon coherent: maintenance in the tax, whatever lane they ran in.
+BUILTIN_MAINTENANCE_KINDS = (
+    "health.snapshot",
+    "stalls.scan",
+    "inbox.scan",
+    "store.retention",
+    "priority.age",
+    "gates.reopen",
+    "governor",
+    "projects.advance",
+)
+
+
+class TaxConfig(_Section):
+    """The autonomy tax: which jobs count as maintenance, and how large a share is too large."""
+
+    # A job is maintenance if it ran in the maintenance lane or its kind is listed here.
+    maintenance_kinds: tuple[str, ...] = BUILTIN_MAINTENANCE_KINDS
+    # The largest share of jobs (last 24 h) maintenance may take before the governor warns.
+    maintenance_budget: float = Field(default=0.6, ge=0, le=1)
+
+
+class GovernorConfig(_Section):
+    """When the governor pauses a lane: too many recent failures, or too much spent today."""
+
+    window_seconds: float = Field(default=900.0, gt=0)
+    min_attempts: int = Field(default=10, ge=1)
+    max_failure_rate: float = Field(default=0.5, ge=0, le=1)
+    daily_cost_limit: float = Field(default=0.0, ge=0)  # 0: no limit
+
+
+class ProjectConfig(_Section):
+    """A project: a goal, and the kind of job that takes its next step."""
+
+    goal: str = Field(min_length=1, max_length=2000)
+    next_kind: str = Field(min_length=1, max_length=200, pattern=r"^\S+$")
+    active: bool = True
+    lane: str | None = None  # None: the next kind's lane
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+class InboxConfig(_Section):
+    """The folder whose files become jobs (the inbox.scan maintenance kind)."""
+
+    path: str = ""  # empty: <state folder>/inbox; relative: under the state folder
+    # How long an inbox job keeps its key (by default a hash of the file) after it ended.
+    key_window_seconds: float = Field(default=30 * 86_400.0, ge=0)
+    max_file_bytes: int = Field(default=MiB, ge=1, le=64 * MiB)
+
+    def folder(self, state_dir: Path) -> Path:
+        """The inbox folder: `path` taken from the state folder, or <state folder>/inbox."""
+        return state_dir / Path(self.path or "inbox").expanduser()
+
+
+class RetentionConfig(_Section):
+    """How long finished jobs are kept, and the store's backups (the store.retention kind)."""
+
+    days: float = Field(default=30.0, gt=0)  # finished jobs and their events, after they ended
+    backups: int = Field(default=3, ge=0, le=1000)  # generations kept; 0: no backups
+    backup_dir: str = ""  # empty: <state folder>/backups; relative: under the state folder
+
+    def folder(self, state_dir: Path) -> Path:
+        """The backups folder: `backup_dir` taken from the state folder, or <state>/backups."""
+        return state_dir / Path(self.backup_dir or "backups").expanduser()
 
 
 def _default_lanes() -> dict[str, LaneConfig]:
@@ -145,6 +219,12 @@ def _default_kinds() -> dict[str, KindConfig]:
         # A timer's key names its slot; keeping it a day makes a replayed tick collapse.
         "health.snapshot": KindConfig(lane="maintenance", key_window_seconds=day),
         "stalls.scan": KindConfig(lane="maintenance", key_window_seconds=day),
+        "governor": KindConfig(lane="maintenance", key_window_seconds=day),
+        "projects.advance": KindConfig(lane="maintenance", key_window_seconds=day),
+        "inbox.scan": KindConfig(lane="maintenance", key_window_seconds=day),
+        "store.retention": KindConfig(lane="maintenance", key_window_seconds=day),
+        "priority.age": KindConfig(lane="maintenance", key_window_seconds=day),
+        "gates.reopen": KindConfig(lane="maintenance", key_window_seconds=day),
     }
 
 
@@ -158,6 +238,11 @@ class Config(_Section):
     lanes: dict[str, LaneConfig] = Field(default_factory=_default_lanes, min_length=1)
     kinds: dict[str, KindConfig] = Field(default_factory=_default_kinds)
     maintenance: MaintenanceConfig = MaintenanceConfig()
+    tax: TaxConfig = TaxConfig()
+    governor: GovernorConfig = GovernorConfig()
+    projects: dict[str, ProjectConfig] = Field(default_factory=dict)
+    inbox: InboxConfig = InboxConfig()
+    retention: RetentionConfig = RetentionConfig()
 
     @model_validator(mode="after")
     def _lanes_exist(self) -> Config:
@@ -185,6 +270,14 @@ class Config(_Section):
                     ("kinds", kind, "lane"),
                     f"no lane named {settings.lane!r}; the lanes are {known}",
                 )
+        for name, project in self.projects.items():
+            if not 1 <= len(name) <= 200:
+                raise _BadSetting(("projects", name), "a project name is 1 to 200 characters")
+            if project.lane is not None and project.lane not in self.lanes:
+                raise _BadSetting(
+                    ("projects", name, "lane"),
+                    f"no lane named {project.lane!r}; the lanes are {known}",
+                )
         return self
 
     def lane_for(self, kind: str) -> str:
@@ -209,7 +302,8 @@ class Config(_Section):
             return base
         overrides = {
             name: value
-            for name, value in settings.model_dump(exclude={"lane", "key_window_seconds"}).items()
+            # Only the retry fields: a kind's other settings (lane, gates, ...) are not policy.
+            for name, value in settings.model_dump(include=set(RetryPolicy.model_fields)).items()
             if value is not None
         }
         return base.model_copy(update=overrides)
@@ -365,6 +459,7 @@ class Paths:
     socket_path: Path
     artifacts_dir: Path
     lock_path: Path
+    inbox_dir: Path
 
 
 def _xdg(env: dict[str, str], name: str) -> Path | None:
@@ -396,6 +491,7 @@ def resolve_paths(config: Config, env: dict[str, str] | None = None) -> Paths:
         socket_path=socket_path,
         artifacts_dir=state_dir / "artifacts",
         lock_path=state_dir / "interlock.lock",
+        inbox_dir=config.inbox.folder(state_dir),
     )
 
 

@@ -113,12 +113,21 @@ class EventType(enum.StrEnum):
     REQUEUED = "requeued"
     STALLED = "stalled"  # a running job's lease expired: its worker hung or died
     STALL_FLAGGED = "stall_flagged"  # a queued job waited past its lane's threshold
+    LANE_PAUSED = "lane_paused"  # the governor paused lanes (on the governor's own job)
+    BUDGET_EXCEEDED = "budget_exceeded"  # maintenance took more than its share (the governor)
+    AGED = "aged"  # a queued job waited past another aging step (priority.age)
+    REOPENED = "reopened"  # a done job went back to queued (a gate it lacked, say)
+    REVIEWED = "reviewed"  # the review gate passed (recorded by the review step)
+    APPROVED = "approved"  # the approval gate passed (recorded by a person's answer)
+
+
+MAX_ID = 2**63 - 1  # SQLite's integer range
 
 
 class JobSpec(BaseModel):
     """What a client asks for when it submits a job."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     kind: str = Field(min_length=1, max_length=200)
     payload: dict[str, Any] = Field(default_factory=dict)
@@ -129,7 +138,7 @@ class JobSpec(BaseModel):
     role: str | None = Field(default=None, max_length=200)
     reason: str = Field(default="", max_length=4000)
     trigger: Trigger = Trigger.HUMAN
-    parent_id: int | None = None
+    parent_id: int | None = Field(default=None, ge=1, le=MAX_ID)
     not_before: float | None = None
     source: str = Field(default="", max_length=200)
 
@@ -211,6 +220,7 @@ class LaneStatus(BaseModel):
     queued: int
     running: int
     oldest_queued_at: float | None
+    paused_reason: str | None = None  # who paused it and why, while paused
 
 
 class JobFilter(BaseModel):
@@ -222,5 +232,5 @@ class JobFilter(BaseModel):
     lane: str | None = None
     kind: str | None = None
     project: str | None = None
-    before_id: int | None = None  # paging: jobs older than this one
+    before_id: int | None = Field(default=None, ge=1, le=MAX_ID)  # paging: older than this
     limit: int = Field(default=50, ge=1, le=10_000)

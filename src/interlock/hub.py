@@ -11,6 +11,7 @@ import logging
 import random
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -31,7 +32,8 @@ from interlock.domain import (
     sources_of,
 )
 from interlock.errors import BadRequest, InterlockError, UnknownKind, UnknownLane
-from interlock.store import Change, NewJob, Store
+from interlock.store import Change, NewJob, Pruned, Store
+from interlock.tax import TaxGrouping, TaxReport, summarize
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +106,7 @@ class Hub:
 
     # -- submit ----------------------------------------------------------------------
 
-    async def submit(
-        self, spec: JobSpec, key_window_seconds: float | None = None
-    ) -> SubmitResult:
+    async def submit(self, spec: JobSpec, key_window_seconds: float | None = None) -> SubmitResult:
         """Queue a job, or return the job that already holds its key.
 
         A live job always holds its key; a finished one holds it for the kind's
@@ -317,6 +317,67 @@ class Hub:
         """The newest finished job of a kind (the last health snapshot, say)."""
         return await self.store.latest_done(kind)
 
+    # -- the autonomy tax and the governor ----------------------------------------------------
+
+    async def tax(self, since_seconds: float, by: TaxGrouping | None = None) -> TaxReport:
+        """Maintenance against feature work, for the jobs created in the last `since_seconds`."""
+        now = self.clock.now()
+        since = now - since_seconds
+        rows = await self.store.usage(since, now)
+        policy = self.config.tax
+        return summarize(rows, since, now, policy.maintenance_kinds, policy.maintenance_budget, by)
+
+    async def note(self, job_id: int, event_type: EventType, note: str) -> bool:
+        """Record an event that changes no state on a job, once per type; True if recorded."""
+        return await self.store.flag(job_id, event_type, note, self.clock.now())
+
+    # -- retention, aging and gates (the maintenance kinds' writes) ---------------------------
+
+    async def prune_finished(self, before: float, max_rows: int) -> Pruned:
+        """One bounded write: finished jobs that ended before `before`, and their events, go.
+
+        A job that another job names as parent or root stays (lineage stays
+        whole); call again until it deletes nothing.
+        """
+        return await self.store.prune_finished(before, max_rows)
+
+    async def backup(self, target: Path) -> None:
+        """A consistent copy of the store at `target`, taken while the daemon runs."""
+        await self.store.backup(target)
+
+    async def record_aging(self, lane: str, now: float, limit: int) -> list[int]:
+        """One bounded write: an `aged` event on queued jobs of `lane` that aged another step.
+
+        Only an event: the claim order already ages by construction (see lanes.py).
+        """
+        aging_seconds = self.config.lanes[lane].aging_seconds
+        return await self.store.record_aging(lane, aging_seconds, now, limit)
+
+    async def done_lacking(
+        self, kinds: Sequence[str], event_type: EventType, after_id: int, limit: int
+    ) -> list[Job]:
+        """Done jobs of `kinds` with no event of `event_type`, by id after `after_id`."""
+        return await self.store.done_lacking(kinds, event_type, after_id, limit)
+
+    async def reopen(self, job_id: int, note: str, data: dict[str, Any] | None = None) -> Job:
+        """A done job goes back to queued with fresh attempts (it closed without a gate)."""
+        job = await self.store.change(
+            Change(
+                job_id=job_id,
+                target=JobState.QUEUED,
+                allowed_from=frozenset({JobState.DONE}),
+                event_type=EventType.REOPENED,
+                trigger=Trigger.REVIEW,
+                note=note,
+                action="reopen",
+                data=data,
+                reset_attempts=True,
+            ),
+            self.clock.now(),
+        )
+        self._wake(job.lane)
+        return job
+
     # -- reads -----------------------------------------------------------------------------
 
     async def get(self, job_id: int) -> Job:
@@ -357,6 +418,7 @@ class Hub:
                     concurrency=settings.concurrency,
                     max_depth=settings.max_depth,
                     paused=row.paused,
+                    paused_reason=row.paused_reason if row.paused else None,
                     queued=row.queued,
                     running=row.running,
                     oldest_queued_at=row.oldest_queued_at,

@@ -69,7 +69,9 @@ class LaneRunner:
         the lane never holds more jobs than it has slots, so the store stays
         the queue.
         """
-        hand_off, claimed_jobs = anyio.create_memory_object_stream[Job](math.inf)
+        hand_off, claimed_jobs = anyio.create_memory_object_stream[tuple[Job, anyio.CancelScope]](
+            math.inf
+        )
         async with anyio.create_task_group() as workers:
             for _ in range(self.settings.concurrency):
                 workers.start_soon(self._worker, claimed_jobs.clone())
@@ -77,12 +79,15 @@ class LaneRunner:
             async with hand_off:
                 await self._claim_loop(hand_off)
 
-    async def _worker(self, jobs: MemoryObjectReceiveStream[Job]) -> None:
+    async def _worker(self, jobs: MemoryObjectReceiveStream[tuple[Job, anyio.CancelScope]]) -> None:
         async with jobs:
-            async for job in jobs:
-                await self._work(job)
+            async for job, scope in jobs:
+                await self._work(job, scope)
 
-    async def _claim_loop(self, hand_off: MemoryObjectSendStream[Job]) -> None:
+    async def _claim_loop(
+        self, hand_off: MemoryObjectSendStream[tuple[Job, anyio.CancelScope]]
+    ) -> None:
+        failures = 0
         while self.claiming:
             # A fresh wake-up before looking, so a submit that commits
             # while we claim is not missed.
@@ -92,33 +97,38 @@ class LaneRunner:
             # One instant for the claim and for the next due time: a job that
             # comes due between the two is then found by one or the other.
             looked_at = self.clock.now()
-            if free > 0:
-                claimed = await self._claim(free, looked_at)
+            try:
+                if free > 0:
+                    claimed = await self.hub.claim(self.name, free, looked_at)
+                due = None
+                if free > 0 and len(claimed) < free:
+                    due = await self.hub.next_due(self.name, looked_at)
+            except Exception as exc:  # the store failed: try again later, never give up
+                failures += 1
+                delay = min(30.0, 0.1 * 2**failures)
+                log.error("lane %s: cannot claim (%s); again in %.1fs", self.name, exc, delay)
+                await anyio.sleep(delay)
+                continue
+            failures = 0
+            if claimed:
                 try:
                     for job in claimed:
+                        # The scope exists from the claim on, so a cancel that
+                        # arrives before a worker picks the job up still stops it.
+                        scope = anyio.CancelScope()
+                        self.hub.track(job.id, scope)
                         self._started()
-                        hand_off.send_nowait(job)
+                        hand_off.send_nowait((job, scope))
                 except anyio.BrokenResourceError:
                     # The workers were cancelled while this claim committed (the
                     # daemon is stopping): the jobs stay leased to this daemon and
                     # its shutdown requeues them.
                     return
-                if len(claimed) == free:
-                    continue  # full: the next wake-up is a freed slot
-                if claimed:
-                    continue  # took what was there; look again for more
-            await self._sleep(looked_at if free > 0 else None)
+                continue  # took what was there (or filled the lane): look again
+            await self._sleep(due)
 
-    async def _claim(self, free: int, now: float) -> list[Job]:
-        try:
-            return await self.hub.claim(self.name, free, now)
-        except InterlockError as exc:
-            log.error("lane %s: claim failed: %s", self.name, exc)
-            return []
-
-    async def _sleep(self, looked_at: float | None) -> None:
-        """Wait for a wake-up, or (with a free slot) for the next job to come due."""
-        due = None if looked_at is None else await self.hub.next_due(self.name, looked_at)
+    async def _sleep(self, due: float | None) -> None:
+        """Wait for a wake-up, or for the next job of the lane to come due."""
         if due is None:
             await self._wake.wait()
             return
@@ -146,10 +156,9 @@ class LaneRunner:
             self._idle.set()
         self._wake.set()
 
-    async def _work(self, job: Job) -> None:
+    async def _work(self, job: Job, scope: anyio.CancelScope) -> None:
         try:
-            with anyio.CancelScope() as scope:
-                self.hub.track(job.id, scope)
+            with scope:
                 await self._run_handler(job)
         finally:
             self.hub.untrack(job.id)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
-from tests.conftest import run_cli
+from tests.conftest import base_env, run_cli
 
 
 def submit(cli, *args: str) -> int:
@@ -142,3 +145,55 @@ def test_second_daemon_on_the_same_home_refuses_to_start(daemon, make_daemon):
         assert "already uses" in str(exc)
     else:
         raise AssertionError("a second daemon started on the same state folder")
+
+
+def test_wait_reports_a_lost_daemon_without_a_traceback(daemon, home):
+    job = submit_sleep(home)
+    waiter = subprocess.Popen(
+        [sys.executable, "-m", "interlock", "wait", str(job)],
+        env=base_env(home, home / "interlock.toml"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.0)  # let the waiter connect and subscribe (a real process, real time)
+    daemon.kill()
+    _, err = waiter.communicate(timeout=20)
+    assert waiter.returncode == 1
+    assert "lost the connection" in err and "Traceback" not in err
+
+
+def submit_sleep(home: Path) -> int:
+    done = run_cli(home, "submit", "sleep", "--payload", '{"seconds": 60}', "--json")
+    assert done.code == 0, done.err
+    return int(done.json()["id"])
+
+
+def test_limit_out_of_range_is_a_usage_error(daemon, cli):
+    for bad in ("0", "20000", "x"):
+        done = cli("ls", "--limit", bad)
+        assert done.code == 2 and "Traceback" not in done.err
+
+
+def test_wait_ends_when_its_subscription_overflows(make_daemon, home):
+    daemon = make_daemon("[server]\nsubscriber_queue = 1\n").start()
+    job = run_cli(
+        home, "submit", "sleep", "--payload", '{"seconds": 0, "fail": "x"}', "--json"
+    ).json()["id"]
+    waited = run_cli(home, "wait", str(job), "--timeout", "20")
+    # Either it saw the end, or it was told it fell behind; it never waits out the timeout.
+    assert waited.code == 1
+    assert "timed out" not in waited.err
+    daemon.terminate()
+
+
+def test_a_corrupt_store_stops_the_daemon_with_a_message(make_daemon, home):
+    (home / "interlock.db").write_bytes(b"this is not a database" * 1000)
+    daemon = make_daemon()
+    try:
+        daemon.start(timeout=15)
+    except AssertionError as exc:
+        assert "cannot open the store" in str(exc)
+        assert daemon.process is not None and daemon.process.returncode == 1
+    else:
+        raise AssertionError("the daemon started on a corrupt store")

@@ -347,3 +347,16 @@ async def test_handler_sees_its_job_and_result_is_stored(home: Path) -> None:
         job = (await daemon.hub.submit(JobSpec(kind="echo", payload={"x": [1, 2]}))).job
         await wait_for_state(daemon, job.id, JobState.DONE)
         assert (await daemon.hub.get(job.id)).result == {"echo": {"x": [1, 2]}, "attempt": 1}
+
+
+async def test_recovery_kills_a_job_whose_attempts_are_spent(home: Path) -> None:
+    clock = FakeClock()
+    config = Config(kinds=Config().kinds | {"sleep": KindConfig(max_attempts=1)})
+    async with running_daemon(home, config, clock=clock) as daemon:
+        job = (await daemon.hub.submit(JobSpec(kind="sleep", payload={"seconds": 60}))).job
+        await wait_for_state(daemon, job.id, JobState.RUNNING)
+        await daemon.hub.recover()  # what a restart finds after a kill -9
+        await wait_for_state(daemon, job.id, JobState.DEAD)
+        events = await daemon.hub.events(job.id)
+        assert events[-1].type == EventType.DEAD and "spent" in events[-1].note
+

@@ -239,3 +239,33 @@ async def test_remote_errors_reach_the_client_as_sentences(daemon) -> None:
             await client.get(77)
         # and the connection is still good
         assert (await client.health()).status == "ok"
+
+
+def test_a_client_that_hangs_up_before_reading_its_reply_does_not_stop_the_daemon(daemon) -> None:
+    for _ in range(20):
+        conn = RawConnection(daemon.socket_path)
+        hello = {"jsonrpc": "2.0", "id": 1, "method": "hello", "params": {"protocol": 1}}
+        health = {"jsonrpc": "2.0", "id": 2, "method": "health", "params": {}}
+        conn.send(json.dumps(hello).encode() + b"\n" + json.dumps(health).encode() + b"\n")
+        conn.close()
+    survivor = RawConnection(daemon.socket_path)
+    survivor.hello()
+    assert "result" in survivor.call("health", id=3)
+    survivor.close()
+    assert daemon.process is not None and daemon.process.poll() is None
+
+
+def test_subscribing_twice_sends_each_notice_once(daemon) -> None:
+    conn = RawConnection(daemon.socket_path)
+    conn.hello()
+    assert "result" in conn.call("subscribe", id=2)
+    assert "result" in conn.call("subscribe", id=3)
+    reply = conn.call("submit", {"kind": "noop", "lane": "urgent"}, id=4)
+    job_id = reply["result"]["job"]["id"]
+    seen = []
+    while "finished" not in seen:
+        message = conn.receive()
+        if message.get("method") == "event" and message["params"]["job_id"] == job_id:
+            seen.append(message["params"]["type"])
+    assert seen == ["submitted", "claimed", "finished"]
+    conn.close()

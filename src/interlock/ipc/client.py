@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from interlock.config import PROTOCOL_VERSION
 from interlock.domain import Event, JobFilter, JobSpec, SubmitResult
 from interlock.ipc import protocol as wire
+from interlock.tax import TaxReport
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -120,6 +121,7 @@ class Client:
 
     def _fail_all(self, error: ClientError) -> None:
         self._closed = self._closed or error
+        self._notify.close()  # a reader of notifications sees the end, not silence
         for pending in self._pending.values():
             pending.done.set()
         self._pending.clear()
@@ -204,6 +206,15 @@ class Client:
     async def stalls(self) -> wire.StallsReply:
         """Stalled and long-waiting jobs."""
         return await self._typed(wire.StallsReply, "stalls")
+
+    async def tax(self, since_seconds: float | None = None, by: str | None = None) -> TaxReport:
+        """The autonomy tax: maintenance against feature work over the window."""
+        params: dict[str, Any] = {}
+        if since_seconds is not None:
+            params["since_seconds"] = since_seconds
+        if by is not None:
+            params["by"] = by
+        return await self._typed(TaxReport, "tax", params)
 
     async def subscribe(self) -> None:
         """From now on, every committed transition arrives on `notifications`."""

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from interlock.config import PROTOCOL_VERSION
 from interlock.domain import Event, Job, JobFilter, JobSpec, LaneStatus, SubmitResult
+from interlock.tax import TaxGrouping, TaxReport
 
 # JSON-RPC 2.0's own error codes; our domain errors carry their own (errors.py).
 PARSE_ERROR = -32700
@@ -58,7 +59,7 @@ class NoParams(_Message):
 class JobId(_Message):
     """A method about one job."""
 
-    id: int = Field(ge=1)
+    id: int = Field(ge=1, le=2**63 - 1)
 
 
 class LaneParams(_Message):
@@ -132,6 +133,13 @@ class StallsReply(_Message):
     recent: list[Job]
 
 
+class TaxParams(_Message):
+    """The autonomy tax over the last `since_seconds`, optionally by kind, lane or project."""
+
+    since_seconds: float = Field(default=7 * 86_400.0, gt=0, le=3660 * 86_400.0)
+    by: TaxGrouping | None = None
+
+
 class Subscribed(_Message):
     """The connection now also carries notifications."""
 
@@ -163,6 +171,7 @@ PARAMS: dict[str, type[BaseModel]] = {
     "subscribe": NoParams,
     "tick": TickParams,
     "stalls": NoParams,
+    "tax": TaxParams,
 }
 
 # method name -> the model of its result.
@@ -181,6 +190,7 @@ RESULTS: dict[str, type[BaseModel]] = {
     "subscribe": Subscribed,
     "tick": SubmitResult,
     "stalls": StallsReply,
+    "tax": TaxReport,
 }
 
 NOTIFICATION_EVENT = "event"

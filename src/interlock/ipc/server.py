@@ -58,6 +58,7 @@ class _Connection:
         self.pid = pid
         self.uid = uid
         self.greeted = False
+        self.subscribed = False
         self.client = ""
         self.send_lock = anyio.Lock()
 
@@ -101,6 +102,7 @@ class Server:
             "health": self._health,
             "tick": self._tick,
             "stalls": self._stalls,
+            "tax": self._tax,
         }
 
     async def listen(self) -> anyio.abc.SocketListener:
@@ -151,8 +153,11 @@ class Server:
                 async with anyio.create_task_group() as tasks:
                     await self._read_loop(connection, tasks)
                     tasks.cancel_scope.cancel()
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
-                pass  # the client went away
+            except* (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
+                pass  # the client went away, perhaps before reading its reply
+            except* Exception:
+                # Nothing a client does may reach the listener and stop the daemon.
+                log.exception("connection from pid %s failed", pid)
             finally:
                 self.connections -= 1
 
@@ -231,7 +236,9 @@ class Server:
                 request_id, wire.HELLO_REQUIRED, "send hello first to agree the protocol version"
             )
         if request.method == "subscribe":
-            tasks.start_soon(self._forward, connection)
+            if not connection.subscribed:  # a second subscribe changes nothing
+                connection.subscribed = True
+                tasks.start_soon(self._forward, connection)
             return wire.result_message(request_id, wire.Subscribed())
         if isinstance(params, JobSpec):
             # The server, not the client, says where a submit came from.
@@ -285,6 +292,8 @@ class Server:
                                 "subscriber fell behind and was dropped; reconnect and re-read",
                             )
                         )
+                        # Hang up: the client must not wait for notices that never come.
+                        await connection.stream.aclose()
                     return
                 await connection.send(b"".join(_notice_line(notice) for notice in notices))
         finally:
@@ -333,6 +342,9 @@ class Server:
     async def _stalls(self, _params: wire.NoParams) -> BaseModel:
         found = await self.hub.stalls()
         return wire.StallsReply(**found)
+
+    async def _tax(self, params: wire.TaxParams) -> BaseModel:
+        return await self.hub.tax(params.since_seconds, params.by)
 
     async def _health(self, _params: wire.NoParams) -> BaseModel:
         counts = await self.hub.counts()

@@ -11,6 +11,7 @@ import anyio.lowlevel
 
 from interlock.domain import JobState
 from interlock.handlers import JobContext
+from interlock.tax import DAY
 
 KIND = "health.snapshot"
 
@@ -37,6 +38,7 @@ async def snapshot(ctx: JobContext) -> dict[str, Any]:
     lanes = await hub.lanes()
     counts = await hub.counts()
     stalls = await hub.stalls(within_seconds=3600)
+    tax = await hub.tax(DAY)
     return {
         "at": now,
         "lanes": {
@@ -44,6 +46,7 @@ async def snapshot(ctx: JobContext) -> dict[str, Any]:
                 "queued": lane.queued,
                 "running": lane.running,
                 "paused": lane.paused,
+                "paused_reason": lane.paused_reason,
                 "oldest_queued_seconds": (
                     None if lane.oldest_queued_at is None else round(now - lane.oldest_queued_at, 3)
                 ),
@@ -58,6 +61,14 @@ async def snapshot(ctx: JobContext) -> dict[str, Any]:
             "stalled_last_hour": len(stalls["recent"]),
         },
         "approvals_waiting": counts[JobState.AWAITING_APPROVAL],
+        # The autonomy tax of the last 24 h: maintenance's shares, as fractions.
+        "tax": {
+            "jobs": tax.totals.jobs,
+            "jobs_per_day": tax.totals.jobs_per_day,
+            "maintenance": tax.maintenance.shares.model_dump(),
+            "budget": tax.budget,
+            "over_budget": tax.over_budget,
+        },
         "store_bytes": await hub.store.size_bytes(),
         "loop_lag_seconds": round(await _loop_lag(), 6),
         "rss_bytes": await _rss_bytes(),

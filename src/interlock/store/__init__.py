@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from interlock.domain import (
@@ -19,6 +20,7 @@ from interlock.domain import (
     SubmitResult,
     Trigger,
 )
+from interlock.tax import UsageRow
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,14 @@ class LaneRow:
     queued: int
     running: int
     oldest_queued_at: float | None
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What a retention pass deleted."""
+
+    jobs: int
+    events: int
 
 
 CommitListener = Callable[[Sequence[Event]], None]
@@ -137,3 +147,39 @@ class Store(Protocol):
     async def latest_done(self, kind: str) -> Job | None: ...
 
     async def size_bytes(self) -> int: ...
+
+    async def usage(self, since: float, until: float) -> list[UsageRow]:
+        """Jobs created in [since, until], summed per lane, kind and project (the tax)."""
+        ...
+
+    async def attempt_outcomes(self, lane: str, after: float) -> dict[str, tuple[int, int]]:
+        """Per kind, a lane's attempts that ended after `after`: (finished, failed)."""
+        ...
+
+    async def lanes_resumed_at(self) -> dict[str, float]:
+        """Open lanes that were paused once, with the time they were last resumed."""
+        ...
+
+    async def live_projects(self) -> set[str]:
+        """Projects that have a live job in any lane."""
+        ...
+
+    async def prune_finished(self, before: float, max_rows: int) -> Pruned:
+        """Delete up to `max_rows` rows of finished jobs ended before `before`, with events."""
+        ...
+
+    async def backup(self, target: Path) -> None:
+        """Write a consistent copy of the whole store to `target`, online."""
+        ...
+
+    async def record_aging(
+        self, lane: str, aging_seconds: float, now: float, limit: int
+    ) -> list[int]:
+        """Record an `aged` event on queued jobs of a lane that waited another aging step."""
+        ...
+
+    async def done_lacking(
+        self, kinds: Sequence[str], event_type: EventType, after_id: int, limit: int
+    ) -> list[Job]:
+        """Done jobs of `kinds` that have no event of `event_type`, by id after `after_id`."""
+        ...

@@ -10,9 +10,10 @@ commit together, because they are written by the same function.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
+import logging
+import math
 import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
@@ -23,6 +24,7 @@ from typing import Any, Literal, TypeVar, overload
 
 import aiosqlite
 import anyio
+import anyio.to_thread
 
 from interlock.domain import (
     LIVE_STATES,
@@ -37,9 +39,12 @@ from interlock.domain import (
     trusted,
 )
 from interlock.errors import InterlockError, InvalidTransition, KeyInUse, LaneFull, UnknownJob
-from interlock.store import Change, CommitListener, LaneRow, NewJob
+from interlock.store import Change, CommitListener, LaneRow, NewJob, Pruned
+from interlock.tax import UsageRow
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 # Rows written between two background checkpoints: a few MB of WAL at most.
 CHECKPOINT_EVERY_WRITES = 4000
@@ -197,8 +202,12 @@ _Write = Callable[[_Batch], Any]
 
 @dataclass
 class _Pending:
+    """One write waiting for a batch: woken with its outcome, or to lead the next batch."""
+
     write: _Write
-    future: asyncio.Future[Any]
+    wake: anyio.Event = field(default_factory=anyio.Event)
+    outcome: tuple[bool, Any] | None = None
+    promoted: bool = False
 
 
 def _refusal(
@@ -235,11 +244,20 @@ class SQLiteStore:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._writer = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._run(self._writer, self._configure)
-        await self._run(self._writer, _migrate)
-        self._reader = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._run(self._reader, self._configure)
+        try:
+            self._writer = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._run(self._writer, self._configure)
+            await self._run(self._writer, _migrate)
+            self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._run(self._reader, self._configure)
+        except sqlite3.Error as exc:
+            # Close what opened, or its thread keeps the process alive.
+            for conn in (self._reader, self._writer):
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+            self._reader = self._writer = None
+            raise StoreError(f"cannot open the store {self.path}: {exc}") from exc
 
     def _configure(self, conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA busy_timeout = 5000")
@@ -322,50 +340,69 @@ class SQLiteStore:
     # -- group commit ------------------------------------------------------------
 
     async def _write(self, write: _Write) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(write, future))
-        if not self._flushing:
-            self._flushing = True
-            self._flushed = anyio.Event()
-            try:
-                # The leader commits on behalf of everyone waiting; it must
-                # finish even if its own caller is cancelled meanwhile.
-                with anyio.CancelScope(shield=True):
-                    while self._pending:
-                        batch, self._pending = self._pending, []
-                        await self._commit(batch)
-            finally:
+        """Queue a write and return its result once its batch has committed.
+
+        The first writer to find no batch in progress leads: it commits
+        everything queued, its own write included, then hands the lead to the
+        oldest waiter, so nobody leads for longer than one batch. Waiting is
+        shielded from cancellation: a write that was queued always completes,
+        and a cancelled caller learns so once it has (a few milliseconds).
+        """
+        item = _Pending(write)
+        self._pending.append(item)
+        with anyio.CancelScope(shield=True):
+            if self._flushing:
+                await item.wake.wait()
+            if item.outcome is None:  # nobody was leading, or we were handed the lead
+                await self._lead(item)
+        assert item.outcome is not None
+        ok, value = item.outcome
+        if not ok:
+            raise value
+        return value
+
+    async def _lead(self, item: _Pending) -> None:
+        self._flushing = True
+        self._flushed = anyio.Event()
+        try:
+            while item.outcome is None:
+                batch, self._pending = self._pending, []
+                await self._commit(batch)
+        finally:
+            if self._pending:
+                successor = self._pending[0]
+                successor.promoted = True
+                successor.wake.set()
+            else:
                 self._flushing = False
                 self._flushed.set()
-        return await future
 
     async def _commit(self, batch: list[_Pending]) -> None:
-        writer = self._connection(self._writer)
         try:
+            writer = self._connection(self._writer)
             outcomes, facts, depths = await self._run(
                 writer, lambda conn: _apply(conn, batch, self._depths)
             )
         except Exception as exc:  # the transaction as a whole failed
             error = StoreError(f"the store could not commit: {exc}")
             for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(error)
+                pending.outcome = (False, error)
+                pending.wake.set()
             return
         self._depths = depths  # adopted only once committed
         events = _CommittedEvents(facts)
         self._writes_since_checkpoint += len(batch) + len(events)
         if self._writes_since_checkpoint >= CHECKPOINT_EVERY_WRITES:
             self._checkpoint_due.set()
+        for pending, outcome in zip(batch, outcomes, strict=True):
+            pending.outcome = outcome
+            pending.wake.set()
         if events:
             for listener in self._listeners:
-                listener(events)
-        for pending, (ok, value) in zip(batch, outcomes, strict=True):
-            if pending.future.done():  # its caller was cancelled
-                continue
-            if ok:
-                pending.future.set_result(value)
-            else:
-                pending.future.set_exception(value)
+                try:
+                    listener(events)
+                except Exception:
+                    log.exception("a commit listener failed; the commit stands")
 
     # -- writes ------------------------------------------------------------------
 
@@ -495,14 +532,17 @@ class SQLiteStore:
 
     async def finish(self, job_id: int, holder: str, attempt: int, result: Any, now: float) -> None:
         encoded = json.dumps(result)
+        tokens, cost = _usage_of(result)
 
         def write(batch: _Batch) -> Sequence[Any]:
+            # Usage adds up: a reopened job that runs again spends again.
             row: Sequence[Any] | None = batch.conn.execute(
                 "UPDATE jobs SET state = 'done', result = ?, error = NULL, finished_at = ?,"
-                " updated_at = ?, lease_holder = NULL, lease_expires_at = NULL"
+                " updated_at = ?, lease_holder = NULL, lease_expires_at = NULL,"
+                " tokens = tokens + ?, cost = cost + ?"
                 " WHERE id = ? AND state = 'running' AND lease_holder = ? AND attempts = ?"
                 " RETURNING id",
-                (encoded, now, now, job_id, holder, attempt),
+                (encoded, now, now, tokens, cost, job_id, holder, attempt),
             ).fetchone()
             if row is None:
                 raise _refusal(batch.conn, job_id, JobState.DONE, "finish")
@@ -660,6 +700,26 @@ class SQLiteStore:
         holder_params: tuple[str, ...] = () if holder is None else (holder,)
 
         def write(batch: _Batch) -> list[Job]:
+            if not uncount_attempt:
+                # An attempt that died with its daemon counts: a job that kills
+                # the daemon every time (out of memory, a crash) must not loop.
+                spent = batch.conn.execute(
+                    "UPDATE jobs SET state = 'dead', lease_holder = NULL, lease_expires_at = NULL,"
+                    " finished_at = ?, updated_at = ?, error = ?"
+                    f" WHERE state = 'running'{holder_sql} AND attempts >= max_attempts"
+                    " RETURNING id, attempts",
+                    (now, now, "attempts spent: the last one died with its daemon", *holder_params),
+                ).fetchall()
+                for job_id, attempts in spent:
+                    batch.record(
+                        job_id,
+                        now,
+                        EventType.DEAD,
+                        JobState.RUNNING,
+                        JobState.DEAD,
+                        trigger,
+                        f"{note}; but all {attempts} attempts are spent: dead",
+                    )
             rows = batch.conn.execute(
                 f"UPDATE jobs SET state = 'queued', attempts = {attempts_sql}, lease_holder = NULL,"
                 " lease_expires_at = NULL, not_before = ?, updated_at = ?"
@@ -853,7 +913,10 @@ class SQLiteStore:
             ).fetchone()
             if row is None:
                 raise UnknownJob(job_id)
-            if row[1]:
+            already_in_batch = any(
+                fact[1] == job_id and fact[3] == event_type for fact in batch.event_facts
+            )
+            if row[1] or already_in_batch:
                 return False
             state = JobState(row[0])
             batch.record(job_id, now, event_type, state, state, None, note)
@@ -893,6 +956,254 @@ class SQLiteStore:
             return counts
 
         return await self._read(read)
+
+    # -- the autonomy tax, the governor and projects (maintenance) -------------------------
+
+    async def usage(self, since: float, until: float) -> list[UsageRow]:
+        """Jobs created in [since, until], summed per lane, kind and project."""
+
+        def read(conn: sqlite3.Connection) -> list[UsageRow]:
+            return [
+                UsageRow(
+                    lane=row[0],
+                    kind=row[1],
+                    project=row[2],
+                    jobs=row[3],
+                    wall_seconds=float(row[4]),
+                    tokens=int(row[5]),
+                    cost=float(row[6]),
+                )
+                for row in conn.execute(
+                    "SELECT lane, kind, project, COUNT(*),"
+                    " TOTAL(CASE WHEN finished_at IS NOT NULL AND started_at IS NOT NULL"
+                    " THEN MAX(finished_at - started_at, 0) END), TOTAL(tokens), TOTAL(cost)"
+                    " FROM jobs INDEXED BY jobs_by_created WHERE created_at BETWEEN ? AND ?"
+                    " GROUP BY lane, kind, project",
+                    (since, until),
+                )
+            ]
+
+        return await self._read(read)
+
+    async def attempt_outcomes(self, lane: str, after: float) -> dict[str, tuple[int, int]]:
+        """Per kind, the attempts of a lane's jobs that ended after `after`: (finished, failed)."""
+
+        def read(conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:
+            return {
+                row[0]: (row[1], row[2])
+                for row in conn.execute(
+                    "SELECT jobs.kind, SUM(events.type = 'finished'), SUM(events.type = 'failed')"
+                    " FROM events INDEXED BY events_outcomes JOIN jobs ON jobs.id = events.job_id"
+                    " WHERE events.type IN ('finished', 'failed') AND events.at > ?"
+                    " AND jobs.lane = ? GROUP BY jobs.kind",
+                    (after, lane),
+                )
+            }
+
+        return await self._read(read)
+
+    async def lanes_resumed_at(self) -> dict[str, float]:
+        """Open lanes that were paused once, with the time they were last resumed."""
+
+        def read(conn: sqlite3.Connection) -> dict[str, float]:
+            return {
+                name: float(at)
+                for name, at in conn.execute(
+                    "SELECT name, changed_at FROM lanes WHERE paused = 0 AND changed_at IS NOT NULL"
+                )
+            }
+
+        return await self._read(read)
+
+    async def live_projects(self) -> set[str]:
+        """Projects that have a live job (in any lane)."""
+        live = ", ".join(f"'{state.value}'" for state in sorted(LIVE_STATES))
+
+        def read(conn: sqlite3.Connection) -> set[str]:
+            return {
+                row[0]
+                for row in conn.execute(
+                    f"SELECT DISTINCT project FROM jobs WHERE state IN ({live})"
+                    " AND project IS NOT NULL"
+                )
+            }
+
+        return await self._read(read)
+
+    # -- retention, aging and gates (maintenance) ----------------------------------------
+
+    async def prune_finished(self, before: float, max_rows: int) -> Pruned:
+        """Delete finished jobs that ended before `before`, with their events: one bounded write.
+
+        Oldest first, at most `max_rows` rows (a job and its events count
+        together; one job always goes, however many events it has). A job that
+        another job names as its parent or root stays until that one is gone,
+        so a lineage never has a hole, and a chain goes leaf first over
+        several writes. Ids are handed out as MAX(id) + 1, so the newest job
+        and the owner of the newest event also stay: no id is ever reused.
+        """
+
+        def write(batch: _Batch) -> Pruned:
+            conn = batch.conn
+            rows = conn.execute(
+                # Oldest first along the finished_at index, stopping at the limit;
+                # left to itself the planner walks every finished job by state.
+                "SELECT j.id, (SELECT COUNT(*) FROM events e WHERE e.job_id = j.id)"
+                " FROM jobs j INDEXED BY jobs_by_finished"
+                f" WHERE j.finished_at < ? AND j.state IN ({_TERMINAL_SQL})"
+                " AND j.id < (SELECT MAX(id) FROM jobs)"
+                " AND j.id IS NOT (SELECT job_id FROM events ORDER BY id DESC LIMIT 1)"
+                " AND NOT EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = j.id)"
+                " AND NOT EXISTS (SELECT 1 FROM jobs c WHERE c.root_id = j.id AND c.id != j.id)"
+                " ORDER BY j.finished_at, j.id LIMIT ?",
+                (before, max_rows),
+            ).fetchall()
+            # An earlier write of this batch may have recorded an event on one of
+            # them (a duplicate submit); its row goes in at the end of the batch.
+            pending = {row[1] for row in batch.event_rows}
+            ids: list[int] = []
+            events = 0
+            for job_id, count in rows:
+                if job_id in pending:
+                    continue
+                if ids and len(ids) + events + 1 + count > max_rows:
+                    break
+                ids.append(job_id)
+                events += count
+            if not ids:
+                return Pruned(jobs=0, events=0)
+            marks = ", ".join("?" * len(ids))
+            deleted_events = conn.execute(
+                f"DELETE FROM events WHERE job_id IN ({marks})", ids
+            ).rowcount
+            deleted_jobs = conn.execute(f"DELETE FROM jobs WHERE id IN ({marks})", ids).rowcount
+            return Pruned(jobs=deleted_jobs, events=deleted_events)
+
+        pruned: Pruned = await self._write(write)
+        return pruned
+
+    async def backup(self, target: Path) -> None:
+        """Write a consistent copy of the whole store to `target`, while the daemon runs.
+
+        SQLite's online backup API on a connection of its own, in a worker
+        thread: one step copies every page inside one read transaction, so the
+        copy is a snapshot, and in WAL mode writers never wait for it. The copy
+        is written beside `target` and renamed into place, so `target` is
+        either a whole backup or absent. It is a single file (rollback
+        journal), mode 0600.
+        """
+
+        def copy() -> None:
+            part = target.with_name(target.name + ".part")
+            part.unlink(missing_ok=True)
+            os.close(os.open(part, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600))
+            source = sqlite3.connect(self.path)
+            try:
+                source.execute("PRAGMA busy_timeout = 5000")
+                destination = sqlite3.connect(part)
+                try:
+                    source.backup(destination)
+                    destination.execute("PRAGMA journal_mode = DELETE")
+                finally:
+                    destination.close()
+            finally:
+                source.close()
+            with open(part, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(part, target)
+            folder = os.open(target.parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+
+        self._connection(self._writer)  # refuse once closed, like every other call
+        self._in_flight += 1
+        try:
+            await anyio.to_thread.run_sync(copy)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"the store could not be backed up to {target}: {exc}") from exc
+        finally:
+            self._in_flight -= 1
+
+    async def record_aging(
+        self, lane: str, aging_seconds: float, now: float, limit: int
+    ) -> list[int]:
+        """Record an `aged` event on up to `limit` queued jobs of `lane` that aged another step.
+
+        A job's steps are whole aging steps waited since it was submitted; it
+        gets an event when they exceed the steps of its last `aged` event
+        (kept in the event's data). Nothing about the job itself changes.
+        """
+
+        def write(batch: _Batch) -> list[int]:
+            rows = batch.conn.execute(
+                "SELECT id, priority, steps FROM (SELECT id, priority, order_key,"
+                " CAST((? - created_at) / ? AS INTEGER) AS steps,"
+                " IFNULL((SELECT json_extract(data, '$.steps') FROM events"
+                "  WHERE events.job_id = jobs.id AND type = ? ORDER BY id DESC LIMIT 1), 0) AS last"
+                " FROM jobs WHERE state = 'queued' AND lane = ? AND created_at <= ?)"
+                " WHERE steps > last ORDER BY order_key LIMIT ?",
+                (now, aging_seconds, EventType.AGED.value, lane, now - aging_seconds, limit),
+            ).fetchall()
+            for job_id, priority, steps in rows:
+                effective = priority + steps
+                batch.record(
+                    job_id,
+                    now,
+                    EventType.AGED,
+                    JobState.QUEUED,
+                    JobState.QUEUED,
+                    None,
+                    f"waited {steps} aging step(s) of {aging_seconds:g}s in lane {lane}:"
+                    f" effective priority {effective} (submitted at {priority})",
+                    {
+                        "steps": steps,
+                        "priority": priority,
+                        "effective_priority": effective,
+                        "aging_seconds": aging_seconds,
+                    },
+                )
+            return [row[0] for row in rows]
+
+        aged: list[int] = await self._write(write)
+        return aged
+
+    async def done_lacking(
+        self, kinds: Sequence[str], event_type: EventType, after_id: int, limit: int
+    ) -> list[Job]:
+        """Done jobs of `kinds` with no event of `event_type`, by id after `after_id`."""
+        if not kinds:
+            return []
+        marks = ", ".join("?" * len(kinds))
+
+        def read(conn: sqlite3.Connection) -> list[Job]:
+            return [
+                _job(row)
+                for row in conn.execute(
+                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'done' AND kind IN ({marks})"
+                    " AND id > ? AND NOT EXISTS (SELECT 1 FROM events"
+                    " WHERE events.job_id = jobs.id AND events.type = ?) ORDER BY id LIMIT ?",
+                    (*kinds, after_id, event_type.value, limit),
+                )
+            ]
+
+        return await self._read(read)
+
+
+def _usage_of(result: Any) -> tuple[int, float]:
+    """(tokens, cost) from a result shaped {"usage": {"tokens": N, "cost": C}}; else nothing."""
+    usage = result.get("usage") if isinstance(result, dict) else None
+    if not isinstance(usage, dict):
+        return 0, 0.0
+    return int(_amount(usage.get("tokens"))), _amount(usage.get("cost"))
+
+
+def _amount(value: Any) -> float:
+    """A usage figure: a finite number, 0 or more; anything else counts as 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
+    return float(value) if math.isfinite(value) and value >= 0 else 0.0
 
 
 def _record_duplicate(

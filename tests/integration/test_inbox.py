@@ -1,0 +1,258 @@
+"""inbox.scan: files dropped in the inbox become jobs, exactly once, in a real daemon."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from interlock.clock import FakeClock
+from interlock.config import Config, InboxConfig, LaneConfig, MaintenanceConfig, TimerConfig
+from interlock.daemon import Daemon
+from interlock.domain import EventType, JobFilter, JobSpec, JobState, Trigger
+from interlock.maintenance.inbox import content_key, parse
+from tests.harness import running_daemon, settle, wait_for_events, wait_for_state
+
+pytestmark = pytest.mark.anyio
+
+DAY = 86_400.0
+
+TASK = b"""+++
+kind = "noop"
+lane = "urgent"
+priority = 3
+project = "site"
+reason = "the docs are stale"
+
+[payload]
+page = "install"
++++
+
+Rewrite the install section.
+"""
+
+SPEC = {"kind": "sleep", "payload": {"seconds": 5}, "priority": -1, "project": "bench"}
+
+
+async def scan(daemon: Daemon) -> dict[str, Any]:
+    """Run one inbox.scan job, as the timer would, and return its result."""
+    job = (await daemon.hub.submit(JobSpec(kind="inbox.scan"))).job
+    await wait_for_state(daemon, job.id, JobState.DONE, JobState.FAILED, JobState.DEAD)
+    done = await daemon.hub.get(job.id)
+    assert done.state == JobState.DONE, done.error
+    result: dict[str, Any] = done.result
+    return result
+
+
+async def inbox_jobs(daemon: Daemon) -> list[Any]:
+    jobs = await daemon.hub.list_jobs(JobFilter(limit=1000))
+    return [job for job in jobs if job.trigger == Trigger.INBOX]
+
+
+def drop(daemon: Daemon, name: str, content: bytes) -> Path:
+    """Put a file in the inbox (with the rename that a careful writer does)."""
+    folder = daemon.paths.inbox_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f".{name}.part"
+    partial.write_bytes(content)
+    return partial.rename(folder / name)
+
+
+def files(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.iterdir() if path.is_file())
+
+
+async def test_a_markdown_file_becomes_a_job_with_its_fields_and_moves_to_done(home: Path) -> None:
+    async with running_daemon(home, clock=FakeClock()) as daemon:
+        drop(daemon, "docs.md", TASK)
+        result = await scan(daemon)
+        ((job,),) = [await inbox_jobs(daemon)]
+        assert result["submitted"] == [{"file": "docs.md", "job_id": job.id, "moved_to": "docs.md"}]
+        assert (job.kind, job.lane, job.priority, job.project) == ("noop", "urgent", 3, "site")
+        assert job.payload == {"text": "Rewrite the install section.", "page": "install"}
+        assert job.reason == "inbox file docs.md: the docs are stale"
+        assert job.key == content_key(TASK)
+        inbox = daemon.paths.inbox_dir
+        assert files(inbox) == []
+        assert (inbox / "done" / "docs.md").read_bytes() == TASK
+        await wait_for_state(daemon, job.id, JobState.DONE)
+
+
+async def test_a_json_spec_becomes_a_job_with_its_fields(home: Path) -> None:
+    content = json.dumps(SPEC).encode()
+    async with running_daemon(home, clock=FakeClock()) as daemon:
+        drop(daemon, "bench.json", content)
+        result = await scan(daemon)
+        (job,) = await inbox_jobs(daemon)
+        assert [entry["job_id"] for entry in result["submitted"]] == [job.id]
+        assert (job.kind, job.payload, job.priority, job.project) == (
+            "sleep",
+            {"seconds": 5},
+            -1,
+            "bench",
+        )
+        assert job.lane == "background"  # the kind's lane, as for any submit that names none
+        assert job.reason == "inbox file bench.json"
+        assert job.key == content_key(content)
+        (submitted,) = [e for e in await daemon.hub.events(job.id) if e.type == "submitted"]
+        assert submitted.trigger == Trigger.INBOX
+        assert files(daemon.paths.inbox_dir / "done") == ["bench.json"]
+
+
+async def test_the_same_file_dropped_twice_is_one_job_even_after_it_ended(home: Path) -> None:
+    clock = FakeClock()
+    async with running_daemon(home, clock=clock) as daemon:
+        drop(daemon, "docs.md", TASK)
+        drop(daemon, "docs-copy.md", TASK)  # the same content under another name, same scan
+        first = await scan(daemon)
+        (job,) = await inbox_jobs(daemon)
+        assert [entry["job_id"] for entry in first["submitted"] + first["duplicate"]] == [
+            job.id,
+            job.id,
+        ]
+        await wait_for_state(daemon, job.id, JobState.DONE)
+
+        clock.advance(7 * DAY)  # next week, long after the job ended
+        drop(daemon, "docs.md", TASK)
+        second = await scan(daemon)
+        assert second["submitted"] == []
+        assert second["duplicate"] == [
+            {"file": "docs.md", "job_id": job.id, "moved_to": "docs.1.md"}  # never overwritten
+        ]
+        assert [j.id for j in await inbox_jobs(daemon)] == [job.id]
+        await wait_for_events(daemon, job.id, EventType.DUPLICATE, count=2)
+        duplicates = [e for e in await daemon.hub.events(job.id) if e.type == "duplicate"]
+        assert all("inbox file docs" in event.note for event in duplicates)
+        assert files(daemon.paths.inbox_dir / "done") == ["docs-copy.md", "docs.1.md", "docs.md"]
+        assert (await daemon.hub.get(job.id)).state == JobState.DONE  # not run again
+
+
+async def test_past_the_inbox_key_window_the_same_file_is_a_new_job(home: Path) -> None:
+    clock = FakeClock()
+    config = Config(inbox=InboxConfig(key_window_seconds=DAY))
+    async with running_daemon(home, config, clock=clock) as daemon:
+        drop(daemon, "docs.md", TASK)
+        (first,) = (await scan(daemon))["submitted"]
+        await wait_for_state(daemon, first["job_id"], JobState.DONE)
+        clock.advance(DAY / 2)
+        drop(daemon, "docs.md", TASK)
+        assert [e["job_id"] for e in (await scan(daemon))["duplicate"]] == [first["job_id"]]
+        clock.advance(DAY)
+        drop(daemon, "docs.md", TASK)
+        (later,) = (await scan(daemon))["submitted"]
+        assert later["job_id"] != first["job_id"]
+
+
+async def test_a_bad_file_is_rejected_with_a_readable_error_beside_it(home: Path) -> None:
+    async with running_daemon(home, clock=FakeClock()) as daemon:
+        drop(daemon, "typo.md", b'+++\nkind = "noop"\nprio = 1\n+++\nDo it.\n')
+        drop(daemon, "nokind.json", b'{"kind": "paint"}')
+        drop(daemon, "good.json", b'{"kind": "noop"}')
+        result = await scan(daemon)
+        rejected = {entry["file"]: entry for entry in result["rejected"]}
+        assert sorted(rejected) == ["nokind.json", "typo.md"]
+        assert [entry["file"] for entry in result["submitted"]] == ["good.json"]
+        assert [job.payload for job in await inbox_jobs(daemon)] == [{}]
+
+        folder = daemon.paths.inbox_dir / "rejected"
+        assert files(folder) == ["nokind.json", "nokind.json.error", "typo.md", "typo.md.error"]
+        typo = (folder / "typo.md.error").read_text()
+        assert typo.startswith("typo.md: prio: unknown front matter key; did you mean 'priority'?")
+        assert rejected["typo.md"]["error"] in typo
+        assert "no handler for job kind 'paint'" in (folder / "nokind.json.error").read_text()
+        assert (folder / "typo.md").read_bytes().endswith(b"Do it.\n")  # kept as it was
+        assert files(daemon.paths.inbox_dir) == []
+
+
+async def test_a_second_bad_file_of_the_same_name_does_not_overwrite_the_first(home: Path) -> None:
+    async with running_daemon(home, clock=FakeClock()) as daemon:
+        drop(daemon, "bad.json", b"{")
+        await scan(daemon)
+        drop(daemon, "bad.json", b"[]")
+        (entry,) = (await scan(daemon))["rejected"]
+        assert entry["moved_to"] == "bad.1.json"
+        folder = daemon.paths.inbox_dir / "rejected"
+        assert files(folder) == ["bad.1.json", "bad.1.json.error", "bad.json", "bad.json.error"]
+        assert "not valid JSON" in (folder / "bad.json.error").read_text()
+        assert "is an object" in (folder / "bad.1.json.error").read_text()
+
+
+async def test_a_crash_between_submit_and_move_neither_loses_nor_doubles_the_file(
+    home: Path,
+) -> None:
+    clock = FakeClock()
+    async with running_daemon(home, clock=clock) as daemon:
+        path = drop(daemon, "docs.md", TASK)
+        # What a scan that died after its submit left behind: the job, and the file in place.
+        spec = parse(path.name, path.read_bytes())
+        window = daemon.config.inbox.key_window_seconds
+        job = (await daemon.hub.submit(spec, key_window_seconds=window)).job
+        await wait_for_state(daemon, job.id, JobState.DONE)
+        clock.advance(DAY)  # the daemon came back a day later
+
+        result = await scan(daemon)
+        assert result["submitted"] == []
+        assert result["duplicate"] == [{"file": "docs.md", "job_id": job.id, "moved_to": "docs.md"}]
+        assert [j.id for j in await inbox_jobs(daemon)] == [job.id]
+        await wait_for_events(daemon, job.id, EventType.DUPLICATE)
+        assert files(daemon.paths.inbox_dir) == []
+        assert files(daemon.paths.inbox_dir / "done") == ["docs.md"]
+        finished = [e for e in await daemon.hub.events(job.id) if e.type == "finished"]
+        assert len(finished) == 1
+
+
+async def test_a_full_lane_leaves_the_file_for_a_later_scan(home: Path) -> None:
+    lanes = Config().lanes | {"urgent": LaneConfig(rank=0, concurrency=1, max_depth=1)}
+    async with running_daemon(home, Config(lanes=lanes), clock=FakeClock()) as daemon:
+        await daemon.hub.set_paused("urgent", True)
+        await daemon.hub.submit(JobSpec(kind="noop", lane="urgent"))  # fills the lane
+        drop(daemon, "docs.md", TASK)
+        (deferred,) = (await scan(daemon))["deferred"]
+        assert deferred["file"] == "docs.md" and "is full" in deferred["error"]
+        assert files(daemon.paths.inbox_dir) == ["docs.md"]
+        await daemon.hub.set_paused("urgent", False)
+        await settle(daemon)
+        (entry,) = (await scan(daemon))["submitted"]
+        assert entry["file"] == "docs.md"
+
+
+async def test_hidden_and_half_written_files_wait(home: Path) -> None:
+    async with running_daemon(home, clock=FakeClock()) as daemon:
+        folder = daemon.paths.inbox_dir
+        folder.mkdir(parents=True)
+        (folder / ".docs.md").write_bytes(TASK)
+        (folder / "docs.md.part").write_bytes(TASK)
+        result = await scan(daemon)
+        assert result["submitted"] == result["rejected"] == []
+        assert files(folder) == [".docs.md", "docs.md.part"]
+
+
+async def test_the_inbox_folder_is_configurable_and_made_when_missing(home: Path) -> None:
+    config = Config(inbox=InboxConfig(path="drop"))
+    async with running_daemon(home, config, clock=FakeClock()) as daemon:
+        assert daemon.paths.inbox_dir == home / "drop"
+        assert not (home / "drop").exists()
+        assert (await scan(daemon))["folder"] == str(home / "drop")
+        assert (home / "drop").is_dir()
+        drop(daemon, "docs.md", TASK)
+        assert len((await scan(daemon))["submitted"]) == 1
+
+
+async def test_the_inbox_timer_picks_files_up_by_itself(home: Path) -> None:
+    clock = FakeClock()
+    timers = {"inbox": Config().maintenance.timers["inbox"]}
+    assert timers["inbox"] == TimerConfig(kind="inbox.scan", interval_seconds=10, jitter_seconds=1)
+    config = Config(maintenance=MaintenanceConfig(timers=timers))
+    async with running_daemon(home, config, clock=clock) as daemon:
+        drop(daemon, "docs.md", TASK)
+        for _ in range(3):  # at least one slot and its jitter
+            clock.advance(5)
+            await settle(daemon)
+        await settle(daemon)
+        (job,) = await inbox_jobs(daemon)
+        await wait_for_state(daemon, job.id, JobState.DONE)
+        assert files(daemon.paths.inbox_dir / "done") == ["docs.md"]
+        scans = await daemon.hub.list_jobs(JobFilter(kind="inbox.scan"))
+        assert scans and all(s.trigger == Trigger.TIMER for s in scans)
