@@ -356,6 +356,14 @@ async def cmd_health(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _window(seconds: float) -> str:
+    """A window as it was probably asked for: 7d, 12h, 30m, 45s."""
+    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:g}s"
+
+
 async def cmd_tax(client: Client, args: argparse.Namespace) -> int:
     report = await client.tax(args.since, args.by)
     if args.json:
@@ -363,7 +371,7 @@ async def cmd_tax(client: Client, args: argparse.Namespace) -> int:
         return EXIT_OK
     totals = report.totals
     print(
-        f"autonomy tax, last {_age(report.until - report.since)}:"
+        f"autonomy tax, last {_window(report.until - report.since)}:"
         f" {totals.jobs} jobs, {totals.jobs_per_day:.1f} per day"
     )
     for name, figures in (("maintenance", report.maintenance), ("feature", report.feature)):

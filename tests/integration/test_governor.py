@@ -207,3 +207,34 @@ async def test_maintenance_over_its_budget_is_a_warning_on_the_governors_job(hom
         result, events = await govern(daemon)  # 2 of 10 jobs: within budget
         assert not result["over_budget"]
         assert of_type(events, EventType.BUDGET_EXCEEDED) == []
+
+
+def test_the_governors_pause_shows_in_lanes_and_health_until_resumed(
+    make_daemon: Any, cli: Any
+) -> None:
+    make_daemon("[jobs.retry]\nmax_attempts = 1\n\n[governor]\nmin_attempts = 3\n").start()
+
+    def run(*args: str) -> int:
+        submitted = cli("submit", *args, "--json")
+        assert submitted.code == 0, submitted.err
+        job_id: int = submitted.json()["id"]
+        cli("wait", str(job_id), "--timeout", "20")
+        return job_id
+
+    for _ in range(3):
+        run("sleep", "--payload", '{"seconds": 0, "fail": "x"}')
+    governor = run("governor")
+    reason = "governor: kind sleep failed 3 of 3 attempts in 15 min (100% > 50%)"
+
+    lanes = cli("lanes")
+    assert f"background paused: {reason}" in lanes.out
+    (background,) = [lane for lane in cli("lanes", "--json").json() if lane["name"] == "background"]
+    assert background["paused"] and background["paused_reason"] == reason
+    health = cli("health")
+    assert f"background paused: {reason}" in health.out
+    events = cli("show", str(governor), "--json").json()["events"]
+    assert [event["type"] for event in events if event["type"] == "lane_paused"] == ["lane_paused"]
+
+    assert cli("resume", "background").code == 0
+    run("governor")
+    assert "paused" not in cli("lanes").out

@@ -359,4 +359,3 @@ async def test_recovery_kills_a_job_whose_attempts_are_spent(home: Path) -> None
         await wait_for_state(daemon, job.id, JobState.DEAD)
         events = await daemon.hub.events(job.id)
         assert events[-1].type == EventType.DEAD and "spent" in events[-1].note
-
