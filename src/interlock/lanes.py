@@ -101,7 +101,7 @@ class LaneRunner:
                 if free > 0:
                     claimed = await self.hub.claim(self.name, free, looked_at)
                 due = None
-                if free > 0 and len(claimed) < free:
+                if free > 0 and not claimed:  # nothing due now: when is the next?
                     due = await self.hub.next_due(self.name, looked_at)
             except Exception as exc:  # the store failed: try again later, never give up
                 failures += 1

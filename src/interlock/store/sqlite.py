@@ -10,6 +10,7 @@ commit together, because they are written by the same function.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -45,6 +46,11 @@ from interlock.tax import UsageRow
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
+
+# Batches one writer may commit for others before it hands the lead on: enough
+# to keep the database thread busy under load, few enough (a few milliseconds)
+# that no caller waits long for its own result.
+BATCHES_PER_LEADER = 8
 
 # Rows written between two background checkpoints: a few MB of WAL at most.
 CHECKPOINT_EVERY_WRITES = 4000
@@ -200,14 +206,21 @@ class _Batch:
 _Write = Callable[[_Batch], Any]
 
 
+def _wake(pending: _Pending) -> None:
+    if pending.wake is not None and not pending.wake.done():
+        pending.wake.set_result(None)
+
+
 @dataclass
 class _Pending:
     """One write waiting for a batch: woken with its outcome, or to lead the next batch."""
 
     write: _Write
-    wake: anyio.Event = field(default_factory=anyio.Event)
+    # Made only when the writer has to wait; a bare future, as this runs per write.
+    wake: asyncio.Future[None] | None = None
     outcome: tuple[bool, Any] | None = None
     promoted: bool = False
+    abandoned: bool = False  # its caller was cancelled while it waited
 
 
 def _refusal(
@@ -296,6 +309,8 @@ class SQLiteStore:
     async def close(self) -> None:
         if self._flushing:
             await self._flushed.wait()
+        if self._pending:  # writes whose callers were cancelled: commit them too
+            await self._write(lambda batch: None)
         if self._writer is not None:
             await self._run(
                 self._writer, lambda conn: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -344,16 +359,26 @@ class SQLiteStore:
 
         The first writer to find no batch in progress leads: it commits
         everything queued, its own write included, then hands the lead to the
-        oldest waiter, so nobody leads for longer than one batch. Waiting is
-        shielded from cancellation: a write that was queued always completes,
-        and a cancelled caller learns so once it has (a few milliseconds).
+        oldest waiter still waiting, so nobody leads for more than a few batches.
+        A queued write always commits, even if its caller is cancelled while
+        it waits (the next leader, or the store's close, commits it); the
+        cancelled caller just never sees the result.
         """
         item = _Pending(write)
         self._pending.append(item)
-        with anyio.CancelScope(shield=True):
-            if self._flushing:
-                await item.wake.wait()
-            if item.outcome is None:  # nobody was leading, or we were handed the lead
+        if self._flushing:
+            item.wake = asyncio.get_running_loop().create_future()
+            try:
+                await item.wake
+            except BaseException:
+                item.abandoned = True
+                if item.promoted and item.outcome is None:
+                    item.promoted = False
+                    self._hand_on()  # it was handed the lead too late to take it
+                raise
+        if item.outcome is None:  # nobody was leading, or we were handed the lead
+            # The leader commits for everyone: it must not stop half way.
+            with anyio.CancelScope(shield=True):
                 await self._lead(item)
         assert item.outcome is not None
         ok, value = item.outcome
@@ -364,18 +389,26 @@ class SQLiteStore:
     async def _lead(self, item: _Pending) -> None:
         self._flushing = True
         self._flushed = anyio.Event()
+        led = 0
         try:
-            while item.outcome is None:
+            # Past its own write, a leader keeps the thread busy for a few more
+            # batches (handing over costs the thread an idle gap), then lets go.
+            while item.outcome is None or (self._pending and led < BATCHES_PER_LEADER):
                 batch, self._pending = self._pending, []
                 await self._commit(batch)
+                led += 1
         finally:
-            if self._pending:
-                successor = self._pending[0]
-                successor.promoted = True
-                successor.wake.set()
-            else:
-                self._flushing = False
-                self._flushed.set()
+            self._hand_on()
+
+    def _hand_on(self) -> None:
+        """Give the lead to the oldest live waiter, or end the flush."""
+        for waiting in self._pending:
+            if not waiting.abandoned:
+                waiting.promoted = True
+                _wake(waiting)
+                return
+        self._flushing = False
+        self._flushed.set()
 
     async def _commit(self, batch: list[_Pending]) -> None:
         try:
@@ -387,7 +420,7 @@ class SQLiteStore:
             error = StoreError(f"the store could not commit: {exc}")
             for pending in batch:
                 pending.outcome = (False, error)
-                pending.wake.set()
+                _wake(pending)
             return
         self._depths = depths  # adopted only once committed
         events = _CommittedEvents(facts)
@@ -396,7 +429,7 @@ class SQLiteStore:
             self._checkpoint_due.set()
         for pending, outcome in zip(batch, outcomes, strict=True):
             pending.outcome = outcome
-            pending.wake.set()
+            _wake(pending)
         if events:
             for listener in self._listeners:
                 try:
