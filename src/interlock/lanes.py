@@ -8,11 +8,10 @@ There is no polling loop.
 from __future__ import annotations
 
 import logging
-import math
+from collections import deque
 from pathlib import Path
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from interlock.clock import Clock
 from interlock.config import LaneConfig
@@ -45,6 +44,7 @@ class LaneRunner:
         self.running = 0
         self.claiming = True
         self._wake = anyio.Event()
+        self._hand_off = _HandOff()
         self._idle = anyio.Event()
         self._idle.set()
         hub.register_lane(name, self.wake)
@@ -69,24 +69,20 @@ class LaneRunner:
         the lane never holds more jobs than it has slots, so the store stays
         the queue.
         """
-        hand_off, claimed_jobs = anyio.create_memory_object_stream[tuple[Job, anyio.CancelScope]](
-            math.inf
-        )
         async with anyio.create_task_group() as workers:
             for _ in range(self.settings.concurrency):
-                workers.start_soon(self._worker, claimed_jobs.clone())
-            claimed_jobs.close()
-            async with hand_off:
-                await self._claim_loop(hand_off)
+                workers.start_soon(self._worker)
+            try:
+                await self._claim_loop()
+            finally:
+                self._hand_off.close()
 
-    async def _worker(self, jobs: MemoryObjectReceiveStream[tuple[Job, anyio.CancelScope]]) -> None:
-        async with jobs:
-            async for job, scope in jobs:
-                await self._work(job, scope)
+    async def _worker(self) -> None:
+        while (claimed := await self._hand_off.take()) is not None:
+            await self._work(*claimed)
 
-    async def _claim_loop(
-        self, hand_off: MemoryObjectSendStream[tuple[Job, anyio.CancelScope]]
-    ) -> None:
+    async def _claim_loop(self) -> None:
+        hand_off = self._hand_off
         failures = 0
         while self.claiming:
             # A fresh wake-up before looking, so a submit that commits
@@ -118,8 +114,8 @@ class LaneRunner:
                         scope = anyio.CancelScope()
                         self.hub.track(job.id, scope)
                         self._started()
-                        hand_off.send_nowait((job, scope))
-                except anyio.BrokenResourceError:
+                        hand_off.give((job, scope))
+                except anyio.ClosedResourceError:
                     # The workers were cancelled while this claim committed (the
                     # daemon is stopping): the jobs stay leased to this daemon and
                     # its shutdown requeues them.
@@ -191,6 +187,62 @@ class LaneRunner:
             except InterlockError as refused:
                 # Cancelled while it ran, or its lease went elsewhere: the result is dropped.
                 log.info("job %s finished but changed meanwhile: %s", job.id, refused)
+
+
+class _HandOff:
+    """Claimed jobs to idle workers: a parked worker is woken with its job directly.
+
+    Cheaper per job than a memory object stream, which bookkeeps the waiting
+    task on every receive; at thousands of jobs a second that shows.
+    """
+
+    def __init__(self) -> None:
+        self._ready: deque[tuple[Job, anyio.CancelScope]] = deque()
+        self._parked: deque[_Parked] = deque()
+        self._closed = False
+
+    def give(self, claimed: tuple[Job, anyio.CancelScope]) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        while self._parked:
+            parked = self._parked.popleft()
+            if not parked.gone:
+                parked.claimed = claimed
+                parked.event.set()
+                return
+        self._ready.append(claimed)
+
+    async def take(self) -> tuple[Job, anyio.CancelScope] | None:
+        """The next claimed job, or None once closed and drained."""
+        if self._ready:
+            return self._ready.popleft()
+        if self._closed:
+            return None
+        parked = _Parked()
+        self._parked.append(parked)
+        try:
+            await parked.event.wait()
+        except BaseException:
+            parked.gone = True
+            if parked.claimed is not None:  # handed a job as it was cancelled: pass it on
+                self._ready.appendleft(parked.claimed)
+            raise
+        return parked.claimed
+
+    def close(self) -> None:
+        """No more jobs: parked workers end."""
+        self._closed = True
+        while self._parked:
+            self._parked.popleft().event.set()
+
+
+class _Parked:
+    __slots__ = ("claimed", "event", "gone")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.claimed: tuple[Job, anyio.CancelScope] | None = None
+        self.gone = False
 
 
 def lane_order(lanes: dict[str, LaneConfig]) -> list[str]:
