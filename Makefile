@@ -26,6 +26,7 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/idle.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
