@@ -42,7 +42,14 @@ def _emit_json(value: Any) -> None:
         value = [
             item.model_dump(mode="json") if isinstance(item, BaseModel) else item for item in value
         ]
-    print(json.dumps(value, indent=2, ensure_ascii=False))
+    print(json.dumps(value, indent=2, ensure_ascii=False, default=_jsonable))
+
+
+def _jsonable(value: Any) -> Any:
+    """Models nested in a JSON document (json.dumps calls this for what it cannot encode)."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    raise TypeError(f"cannot print a {type(value).__name__} as JSON")
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -405,7 +412,13 @@ async def cmd_tax(client: Client, args: argparse.Namespace) -> int:
 async def cmd_tick(client: Client, args: argparse.Namespace) -> int:
     result = await client.tick(args.name)
     if args.json:
-        _emit_json({"id": result.job.id, "state": result.job.state.value, "job": result.job})
+        _emit_json(
+            {
+                "id": result.job.id,
+                "state": result.job.state.value,
+                "job": result.job.model_dump(mode="json"),
+            }
+        )
     else:
         print(f"queued {_job_line(result.job)}")
     return EXIT_OK

@@ -7,9 +7,11 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
+from cronsim import CronSim, CronSimError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from interlock.errors import ConfigError
@@ -101,18 +103,30 @@ class _BadSetting(ValueError):
 
 
 class TimerConfig(_Section):
-    """A timer: every interval (plus a fixed jitter per slot) it submits one maintenance job."""
+    """A timer: each slot (an interval, or a cron schedule) it submits one maintenance job."""
 
     enabled: bool = True
     kind: str = Field(min_length=1)
-    interval_seconds: float = Field(gt=0, le=366 * 86400)
+    interval_seconds: float | None = Field(default=None, gt=0, le=366 * 86400)
+    # A cron expression (minute hour day-of-month month day-of-week), in the
+    # daemon's local time, instead of interval_seconds.
+    cron: str | None = None
     jitter_seconds: float = Field(default=0.0, ge=0)
     lane: str = "maintenance"
     payload: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _jitter_inside_interval(self) -> TimerConfig:
-        if self.jitter_seconds >= self.interval_seconds:
+    def _one_schedule(self) -> TimerConfig:
+        if (self.interval_seconds is None) == (self.cron is None):
+            raise ValueError("give either interval_seconds or cron, not both, not neither")
+        if self.cron is not None:
+            try:
+                CronSim(self.cron, datetime.now().astimezone())
+            except CronSimError as exc:
+                raise ValueError(f"cron {self.cron!r} is not a cron expression: {exc}") from None
+            if self.jitter_seconds >= 60:
+                raise ValueError("jitter_seconds must be under 60 for a cron timer")
+        elif self.interval_seconds is not None and self.jitter_seconds >= self.interval_seconds:
             raise ValueError("jitter_seconds must be less than interval_seconds")
         return self
 

@@ -197,3 +197,16 @@ def test_a_corrupt_store_stops_the_daemon_with_a_message(make_daemon, home):
         assert daemon.process is not None and daemon.process.returncode == 1
     else:
         raise AssertionError("the daemon started on a corrupt store")
+
+
+def test_tick_runs_a_timer_by_hand_and_stalls_lists_nothing_when_healthy(make_daemon, home):
+    make_daemon(timers=True).start()
+    ticked = run_cli(home, "tick", "stalls", "--json")
+    assert ticked.code == 0, ticked.err
+    job = ticked.json()["id"]
+    assert run_cli(home, "wait", str(job), "--timeout", "20").code == 0
+    assert "run by hand" in run_cli(home, "show", str(job)).out
+    unknown = run_cli(home, "tick", "nope")
+    assert unknown.code == 1 and "no timer named 'nope'" in unknown.err
+    stalls = run_cli(home, "stalls", "--json").json()
+    assert stalls == {"expired": [], "waiting": [], "recent": []}

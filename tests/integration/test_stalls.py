@@ -112,3 +112,25 @@ async def test_long_waits_are_flagged_once_and_listed(home: Path) -> None:
             stalls = await client.stalls()
         assert [j.id for j in stalls.waiting] == [job.id]
         assert stalls.expired == []
+
+
+async def test_a_killed_sleep_handler_is_requeued_by_the_scan_and_finishes_once(
+    home: Path,
+) -> None:
+    clock = FakeClock()
+    async with running_daemon(home, config(), clock) as daemon:
+        job = (await daemon.hub.submit(JobSpec(kind="sleep", payload={"seconds": 5}))).job
+        await wait_for_state(daemon, job.id, JobState.RUNNING)
+        # Kill the handler behind the hub's back, as a crash of the worker would:
+        # the row still says running and nobody heartbeats any more.
+        daemon.hub._running_scopes[job.id].cancel()
+        await settle(daemon)
+        assert (await daemon.hub.get(job.id)).state == JobState.RUNNING
+        clock.advance(LEASE + 1)
+        assert (await scan(daemon))["requeued"] == [job.id]
+        await wait_for_state(daemon, job.id, JobState.RUNNING)
+        clock.advance(5)
+        await wait_for_state(daemon, job.id, JobState.DONE)
+        types = [event.type for event in await daemon.hub.events(job.id)]
+        assert types.count(EventType.STALLED) == 1
+        assert types.count(EventType.FINISHED) == 1

@@ -137,3 +137,20 @@ async def test_default_timers_run_their_maintenance_jobs(home: Path) -> None:
                 clock.advance(1)
         snapshot = await daemon.hub.latest_done("health.snapshot")
         assert snapshot is not None and "lanes" in snapshot.result
+
+
+async def test_a_cron_timer_runs_once_per_scheduled_moment(home: Path) -> None:
+    quarter = 1_700_000_100.0  # a quarter hour
+    clock = FakeClock(quarter + 60)
+    timer = TimerConfig(kind="noop", cron="*/15 * * * *", lane="maintenance")
+    async with running_daemon(home, with_timer(timer), clock=clock) as daemon:
+        await settle(daemon)
+        assert len(await timer_jobs(daemon)) == 1  # the current slot, late but once
+        clock.advance(600)
+        await settle(daemon)
+        assert len(await timer_jobs(daemon)) == 1  # 22:26: the next slot is 22:30
+        clock.advance(240)
+        await settle(daemon)
+        assert len(await timer_jobs(daemon)) == 2
+        keys = {job.key for job in await daemon.hub.list_jobs(JobFilter(limit=10, kind="noop"))}
+        assert keys == {f"timer:beat:{int(quarter)}", f"timer:beat:{int(quarter) + 900}"}

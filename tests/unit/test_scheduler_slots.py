@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+from pydantic import ValidationError
+
 from interlock.config import TimerConfig
-from interlock.maintenance.scheduler import fire_at, jitter_of, slot_key, slot_of
+from interlock.maintenance.scheduler import fire_at, jitter_of, next_slot, slot_key, slot_of
 
 TIMER = TimerConfig(kind="noop", interval_seconds=60, jitter_seconds=10)
 
@@ -40,3 +43,33 @@ def test_no_jitter_fires_at_the_slot_start() -> None:
 
 def test_key_names_the_timer_and_the_slot() -> None:
     assert slot_key("health", 12) == "timer:health:12"
+
+
+CRON = TimerConfig(kind="noop", cron="*/15 * * * *", jitter_seconds=20)
+QUARTER = 1_700_000_100.0  # 2023-11-14 22:15:00 UTC, a quarter hour
+
+
+def test_a_cron_slot_is_the_latest_scheduled_moment() -> None:
+    assert slot_of(CRON, QUARTER) == int(QUARTER)
+    assert slot_of(CRON, QUARTER + 899) == int(QUARTER)
+    assert slot_of(CRON, QUARTER + 900) == int(QUARTER) + 900
+
+
+def test_the_next_cron_slot_is_the_next_scheduled_moment() -> None:
+    assert next_slot(CRON, int(QUARTER)) == int(QUARTER) + 900
+
+
+def test_a_cron_tick_fires_inside_its_jitter() -> None:
+    at = fire_at("q", CRON, int(QUARTER))
+    assert QUARTER <= at < QUARTER + 20
+
+
+def test_timer_needs_exactly_one_schedule_and_a_valid_cron() -> None:
+    with pytest.raises(ValidationError, match="either interval_seconds or cron"):
+        TimerConfig(kind="noop")
+    with pytest.raises(ValidationError, match="either interval_seconds or cron"):
+        TimerConfig(kind="noop", interval_seconds=60, cron="* * * * *")
+    with pytest.raises(ValidationError, match="not a cron expression"):
+        TimerConfig(kind="noop", cron="61 * * * *")
+    with pytest.raises(ValidationError, match="under 60"):
+        TimerConfig(kind="noop", cron="* * * * *", jitter_seconds=60)

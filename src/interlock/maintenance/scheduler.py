@@ -14,9 +14,10 @@ import contextlib
 import hashlib
 import logging
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import anyio
+from cronsim import CronSim
 
 from interlock.clock import Clock
 from interlock.config import TimerConfig
@@ -30,8 +31,28 @@ DAY = 86_400.0
 
 
 def slot_of(timer: TimerConfig, now: float) -> int:
-    """The slot `now` falls in."""
+    """The slot `now` falls in: an interval's number, or a cron time's epoch second."""
+    if timer.cron is not None:
+        moment = datetime.fromtimestamp(now).astimezone() + timedelta(seconds=1)
+        return int(next(CronSim(timer.cron, moment, reverse=True)).timestamp())
+    assert timer.interval_seconds is not None
     return math.floor(now / timer.interval_seconds)
+
+
+def slot_start(timer: TimerConfig, slot: int) -> float:
+    """When a slot begins."""
+    if timer.cron is not None:
+        return float(slot)
+    assert timer.interval_seconds is not None
+    return slot * timer.interval_seconds
+
+
+def next_slot(timer: TimerConfig, slot: int) -> int:
+    """The slot after `slot`."""
+    if timer.cron is not None:
+        after = datetime.fromtimestamp(slot).astimezone()
+        return int(next(CronSim(timer.cron, after)).timestamp())
+    return slot + 1
 
 
 def jitter_of(name: str, slot: int, jitter_seconds: float) -> float:
@@ -45,7 +66,7 @@ def jitter_of(name: str, slot: int, jitter_seconds: float) -> float:
 
 def fire_at(name: str, timer: TimerConfig, slot: int) -> float:
     """When slot `slot` of the timer fires."""
-    return slot * timer.interval_seconds + jitter_of(name, slot, timer.jitter_seconds)
+    return slot_start(timer, slot) + jitter_of(name, slot, timer.jitter_seconds)
 
 
 def slot_key(name: str, slot: int) -> str:
@@ -85,7 +106,7 @@ class Scheduler:
                 await self.tick(name, slot)
             # The next slot, or the current one if we fell behind (downtime,
             # a suspended laptop): once, not once per missed slot.
-            slot = max(slot + 1, slot_of(timer, self.clock.now()))
+            slot = max(next_slot(timer, slot), slot_of(timer, self.clock.now()))
 
     async def tick(self, name: str, slot: int | None = None) -> SubmitResult:
         """Submit the timer's job for `slot`; with no slot, run it now by hand (no key)."""
@@ -103,7 +124,7 @@ class Scheduler:
                 source="tick",
             )
             return await self.hub.submit(spec)
-        due = datetime.fromtimestamp(slot * timer.interval_seconds, UTC).isoformat()
+        due = datetime.fromtimestamp(slot_start(timer, slot), UTC).isoformat()
         spec = JobSpec(
             kind=timer.kind,
             lane=timer.lane,
@@ -115,7 +136,7 @@ class Scheduler:
         )
         # The slot's key outlives the job for a day (or two intervals, if longer),
         # whatever the kind's own window: a replayed tick must collapse.
-        window = max(DAY, 2 * timer.interval_seconds, self.hub.config.key_window(timer.kind))
+        window = max(DAY, 2 * (timer.interval_seconds or 0), self.hub.config.key_window(timer.kind))
         try:
             return await self.hub.submit(spec, key_window_seconds=window)
         except InterlockError as exc:
