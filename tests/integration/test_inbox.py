@@ -256,3 +256,19 @@ async def test_the_inbox_timer_picks_files_up_by_itself(home: Path) -> None:
         assert files(daemon.paths.inbox_dir / "done") == ["docs.md"]
         scans = await daemon.hub.list_jobs(JobFilter(kind="inbox.scan"))
         assert scans and all(s.trigger == Trigger.TIMER for s in scans)
+
+
+async def test_a_markdown_sleep_job_with_text_runs_to_done(home) -> None:
+    """The body goes to payload.text; the sleep kind ignores keys that are not its own."""
+    clock = FakeClock()
+    async with running_daemon(home, clock=clock) as daemon:
+        inbox = home / "inbox"
+        inbox.mkdir(exist_ok=True)
+        (inbox / "task.md").write_text(
+            '+++\nkind = "sleep"\n[payload]\nseconds = 0\n+++\nDo the thing.\n'
+        )
+        scan = (await daemon.hub.submit(JobSpec(kind="inbox.scan"))).job
+        await wait_for_state(daemon, scan.id, JobState.DONE)
+        (job,) = await daemon.hub.list_jobs(JobFilter(kind="sleep"))
+        await wait_for_state(daemon, job.id, JobState.DONE)
+        assert (await daemon.hub.get(job.id)).payload["text"].strip() == "Do the thing."

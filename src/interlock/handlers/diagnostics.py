@@ -13,7 +13,8 @@ from interlock.handlers import HandlerRegistry, JobContext
 class SleepPayload(BaseModel):
     """`sleep` sleeps this long, heartbeating; `fail` makes it raise afterwards (for tests)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Other keys are the submitter's own (an inbox file's text, say).
+    model_config = ConfigDict(extra="ignore")
 
     seconds: float = Field(ge=0, le=7 * 24 * 3600)
     fail: str | None = None
