@@ -269,3 +269,13 @@ def test_subscribing_twice_sends_each_notice_once(daemon) -> None:
             seen.append(message["params"]["type"])
     assert seen == ["submitted", "claimed", "finished"]
     conn.close()
+
+
+def test_a_notification_gets_no_reply_even_when_it_fails(daemon) -> None:
+    conn = RawConnection(daemon.socket_path)
+    conn.hello()
+    conn.send(b'{"jsonrpc": "2.0", "method": "explode"}\n')  # no id: a notification
+    conn.send(b'{"jsonrpc": "2.0", "method": "cancel", "params": {"id": 999}}\n')
+    reply = conn.call("health", id=7)
+    assert reply["id"] == 7 and "result" in reply  # the first thing back is the health reply
+    conn.close()

@@ -204,6 +204,21 @@ class Server:
     ) -> bytes | None:
         try:
             request = wire.Request.model_validate_json(line)
+        except ValidationError:
+            return await self._answer(connection, line, tasks)
+        reply = await self._answer(connection, line, tasks, request)
+        # A request without an id is a notification: JSON-RPC 2.0 forbids any reply.
+        return None if request.id is None else reply
+
+    async def _answer(
+        self,
+        connection: _Connection,
+        line: bytes,
+        tasks: anyio.abc.TaskGroup,
+        parsed: wire.Request | None = None,
+    ) -> bytes | None:
+        try:
+            request = parsed or wire.Request.model_validate_json(line)
         except ValidationError as exc:
             if any(error["type"] == "json_invalid" for error in exc.errors()):
                 return wire.error_message(None, wire.PARSE_ERROR, "invalid JSON: " + _first(exc))
