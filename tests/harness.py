@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -42,10 +42,10 @@ async def running_daemon(
             daemon.stop()
 
 
-async def wait_for_state(
-    daemon: Daemon, job_id: int, *states: JobState, within: float = 10
+async def _wait_until(
+    daemon: Daemon, job_id: int, done: Callable[[], Awaitable[bool]], within: float
 ) -> None:
-    """Return once the job is in one of `states`, by watching committed events (no polling)."""
+    """Check `done` now and after each committed event of the job (no polling)."""
     changed = anyio.Event()
 
     def watch(notices: object) -> None:
@@ -56,11 +56,22 @@ async def wait_for_state(
     stop_watching = daemon.bus.watch(watch)
     try:
         with anyio.fail_after(within):
-            while (await daemon.hub.get(job_id)).state not in states:
+            while not await done():
                 await changed.wait()
                 changed = anyio.Event()
     finally:
         stop_watching()
+
+
+async def wait_for_state(
+    daemon: Daemon, job_id: int, *states: JobState, within: float = 10
+) -> None:
+    """Return once the job is in one of `states`."""
+
+    async def reached() -> bool:
+        return (await daemon.hub.get(job_id)).state in states
+
+    await _wait_until(daemon, job_id, reached, within)
 
 
 async def settle(daemon: Daemon) -> None:
@@ -85,21 +96,9 @@ async def wait_for_events(
     daemon: Daemon, job_id: int, event_type: EventType, count: int = 1, within: float = 10
 ) -> None:
     """Return once the job has at least `count` events of `event_type`."""
-    changed = anyio.Event()
 
-    def watch(notices: object) -> None:
-        for notice in notices:  # type: ignore[attr-defined]
-            if isinstance(notice, Event) and notice.job_id == job_id:
-                changed.set()
+    async def recorded() -> bool:
+        events = await daemon.hub.events(job_id)
+        return sum(1 for event in events if event.type == event_type) >= count
 
-    stop_watching = daemon.bus.watch(watch)
-    try:
-        with anyio.fail_after(within):
-            while True:
-                events = await daemon.hub.events(job_id)
-                if sum(1 for event in events if event.type == event_type) >= count:
-                    return
-                await changed.wait()
-                changed = anyio.Event()
-    finally:
-        stop_watching()
+    await _wait_until(daemon, job_id, recorded, within)

@@ -896,44 +896,32 @@ class SQLiteStore:
 
         return await self._read(read)
 
-    async def expired_leases(self, now: float) -> list[Job]:
+    async def _select_jobs(self, where: str, params: Sequence[Any]) -> list[Job]:
+        """Jobs matching a WHERE clause (with its ORDER BY and LIMIT), on the reader."""
+        sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE {where}"
+
         def read(conn: sqlite3.Connection) -> list[Job]:
-            return [
-                _job(row)
-                for row in conn.execute(
-                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'running'"
-                    " AND lease_expires_at < ? ORDER BY id",
-                    (now,),
-                )
-            ]
+            return [_job(row) for row in conn.execute(sql, params)]
 
         return await self._read(read)
+
+    async def expired_leases(self, now: float) -> list[Job]:
+        return await self._select_jobs(
+            "state = 'running' AND lease_expires_at < ? ORDER BY id", (now,)
+        )
 
     async def waiting_since(self, lane: str, before: float) -> list[Job]:
-        def read(conn: sqlite3.Connection) -> list[Job]:
-            return [
-                _job(row)
-                for row in conn.execute(
-                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'queued' AND lane = ?"
-                    " AND created_at < ? ORDER BY id LIMIT 1000",
-                    (lane, before),
-                )
-            ]
-
-        return await self._read(read)
+        return await self._select_jobs(
+            "state = 'queued' AND lane = ? AND created_at < ? ORDER BY id LIMIT 1000",
+            (lane, before),
+        )
 
     async def recently_stalled(self, since: float) -> list[Job]:
-        def read(conn: sqlite3.Connection) -> list[Job]:
-            return [
-                _job(row)
-                for row in conn.execute(
-                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE id IN (SELECT job_id FROM events"
-                    " WHERE type = 'stalled' AND at >= ?) ORDER BY id DESC LIMIT 1000",
-                    (since,),
-                )
-            ]
-
-        return await self._read(read)
+        return await self._select_jobs(
+            "id IN (SELECT job_id FROM events WHERE type = 'stalled' AND at >= ?)"
+            " ORDER BY id DESC LIMIT 1000",
+            (since,),
+        )
 
     async def flag(self, job_id: int, event_type: EventType, note: str, now: float) -> bool:
         """Record an event that changes no state, once per job and type; True if recorded."""
