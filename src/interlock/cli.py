@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from interlock import __version__
 from interlock.config import config_path, load_config, resolve_paths
-from interlock.domain import Event, Job, JobFilter, JobSpec, JobState, LaneStatus
+from interlock.domain import Event, Job, JobFilter, JobSpec, JobState, LaneStatus, SubmitResult
 from interlock.errors import InterlockError
 from interlock.ipc.client import Client, ClientError, RemoteError, connect
 from interlock.ipc.protocol import LaneChange
@@ -36,17 +36,11 @@ class UsageError(Exception):
 
 
 def _emit_json(value: Any) -> None:
-    if isinstance(value, BaseModel):
-        value = value.model_dump(mode="json")
-    elif isinstance(value, list):
-        value = [
-            item.model_dump(mode="json") if isinstance(item, BaseModel) else item for item in value
-        ]
     print(json.dumps(value, indent=2, ensure_ascii=False, default=_jsonable))
 
 
 def _jsonable(value: Any) -> Any:
-    """Models nested in a JSON document (json.dumps calls this for what it cannot encode)."""
+    """Models anywhere in a JSON document (json.dumps calls this for what it cannot encode)."""
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     raise TypeError(f"cannot print a {type(value).__name__} as JSON")
@@ -86,6 +80,12 @@ def _when(at: float | None) -> str:
 def _clip(text: str, width: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _submitted(result: SubmitResult) -> dict[str, Any]:
+    """What `submit --json` and `tick --json` print."""
+    job = result.job
+    return {"id": job.id, "state": job.state.value, "duplicate": result.duplicate, "job": job}
 
 
 def _job_line(job: Job) -> str:
@@ -192,14 +192,7 @@ async def cmd_submit(client: Client, args: argparse.Namespace) -> int:
         raise UsageError(_validation_sentence(exc)) from None
     result = await client.submit(spec)
     if args.json:
-        _emit_json(
-            {
-                "id": result.job.id,
-                "state": result.job.state.value,
-                "duplicate": result.duplicate,
-                "job": result.job.model_dump(mode="json"),
-            }
-        )
+        _emit_json(_submitted(result))
     elif result.duplicate:
         print(f"duplicate: {_job_line(result.job)} already holds key {result.job.key!r}")
     else:
@@ -216,7 +209,7 @@ async def cmd_ls(client: Client, args: argparse.Namespace) -> int:
         ) from None
     page = await client.list_jobs(JobFilter(states=states, lane=args.lane, limit=args.limit))
     if args.json:
-        _emit_json([_job_summary(job) for job in page.jobs])
+        _emit_json(page.jobs)
         return EXIT_OK
     now = time.time()
     rows = [
@@ -238,11 +231,6 @@ async def cmd_ls(client: Client, args: argparse.Namespace) -> int:
     else:
         print("no jobs")
     return EXIT_OK
-
-
-def _job_summary(job: Job) -> dict[str, Any]:
-    data = job.model_dump(mode="json")
-    return data
 
 
 async def cmd_show(client: Client, args: argparse.Namespace) -> int:
@@ -295,7 +283,7 @@ async def cmd_wait(client: Client, args: argparse.Namespace, notes: Any) -> int:
                 "id": job.id,
                 "state": job.state.value,
                 "timed_out": timed_out,
-                "job": job.model_dump(mode="json"),
+                "job": job,
             }
         )
     elif timed_out:
@@ -412,13 +400,7 @@ async def cmd_tax(client: Client, args: argparse.Namespace) -> int:
 async def cmd_tick(client: Client, args: argparse.Namespace) -> int:
     result = await client.tick(args.name)
     if args.json:
-        _emit_json(
-            {
-                "id": result.job.id,
-                "state": result.job.state.value,
-                "job": result.job.model_dump(mode="json"),
-            }
-        )
+        _emit_json(_submitted(result))
     else:
         print(f"queued {_job_line(result.job)}")
     return EXIT_OK

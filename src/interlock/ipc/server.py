@@ -204,21 +204,6 @@ class Server:
     ) -> bytes | None:
         try:
             request = wire.Request.model_validate_json(line)
-        except ValidationError:
-            return await self._answer(connection, line, tasks)
-        reply = await self._answer(connection, line, tasks, request)
-        # A request without an id is a notification: JSON-RPC 2.0 forbids any reply.
-        return None if request.id is None else reply
-
-    async def _answer(
-        self,
-        connection: _Connection,
-        line: bytes,
-        tasks: anyio.abc.TaskGroup,
-        parsed: wire.Request | None = None,
-    ) -> bytes | None:
-        try:
-            request = parsed or wire.Request.model_validate_json(line)
         except ValidationError as exc:
             if any(error["type"] == "json_invalid" for error in exc.errors()):
                 return wire.error_message(None, wire.PARSE_ERROR, "invalid JSON: " + _first(exc))
@@ -227,6 +212,13 @@ class Server:
                 wire.INVALID_REQUEST,
                 "not a JSON-RPC 2.0 request: " + wire.describe_validation(exc),
             )
+        reply = await self._answer(connection, request, tasks)
+        # A request without an id is a notification: JSON-RPC 2.0 forbids any reply.
+        return None if request.id is None else reply
+
+    async def _answer(
+        self, connection: _Connection, request: wire.Request, tasks: anyio.abc.TaskGroup
+    ) -> bytes:
         request_id = request.id
         params_model = wire.PARAMS.get(request.method)
         if params_model is None:
@@ -272,8 +264,6 @@ class Server:
                 wire.INTERNAL_ERROR,
                 f"internal error in {request.method}; see the daemon log",
             )
-        if request_id is None:
-            return None  # a notification: no reply wanted
         return wire.result_message(request_id, result)
 
     def _hello(

@@ -105,19 +105,19 @@ def _job(row: Sequence[Any]) -> Job:
 
 
 def _event(row: Sequence[Any]) -> Event:
-    return trusted(
-        Event,
-        dict(
-            id=row[0],
-            job_id=row[1],
-            at=row[2],
-            type=EventType(row[3]),
-            from_state=None if row[4] is None else JobState(row[4]),
-            to_state=None if row[5] is None else JobState(row[5]),
-            trigger=None if row[6] is None else Trigger(row[6]),
-            note=row[7],
-            data={} if row[8] is None else json.loads(row[8]),
-        ),
+    """An events row as an Event (the columns in EVENT_COLUMNS order)."""
+    return _event_from_facts(
+        (
+            row[0],
+            row[1],
+            row[2],
+            EventType(row[3]),
+            None if row[4] is None else JobState(row[4]),
+            None if row[5] is None else JobState(row[5]),
+            None if row[6] is None else Trigger(row[6]),
+            row[7],
+            None if row[8] is None else json.loads(row[8]),
+        )
     )
 
 
