@@ -24,12 +24,14 @@ from pathlib import Path
 import anyio
 
 from interlock.config import Config, LaneConfig, MaintenanceConfig, Paths, resolve_paths
-from interlock.daemon import Daemon
+from interlock.daemon import Daemon, builtin_kinds
 from interlock.domain import Event, EventType, JobSpec, JobState
-from interlock.handlers import JobContext, default_registry
+from interlock.handlers import JobContext
 from interlock.ipc.client import connect
 
 SUBMITTERS = 64  # concurrent submitters, in-process and over the socket
+# The built-in timers, each switched off: their jobs would be counted as the benchmark's own.
+TIMERS = tuple(Config().maintenance.timers)
 CONNECTIONS = 8
 
 
@@ -52,22 +54,22 @@ def write_config(path: Path, jobs: int, concurrency: int) -> None:
         f"[lanes.interactive]\nrank = 1\nconcurrency = {concurrency}\nmax_depth = {jobs + 10_000}\n"
         "[lanes.background]\nrank = 2\nconcurrency = 2\nmax_depth = 10000\n"
         "[lanes.maintenance]\nrank = 3\nconcurrency = 2\nmax_depth = 1000\n"
-        "[maintenance]\ntimers = {}\n"
+        + "".join(f"[maintenance.timers.{name}]\nenabled = false\n" for name in TIMERS)
     )
 
 
 async def in_process(jobs: int, samples: int, concurrency: int, home: Path) -> dict[str, float]:
     config = bench_config(jobs, concurrency)
     paths = resolve_paths(config, {"INTERLOCK_HOME": str(home)})
-    handlers = default_registry()
+    kinds = builtin_kinds()
     started: dict[int, float] = {}
 
     async def probe(ctx: JobContext) -> dict[str, float]:
         started[ctx.job.id] = time.perf_counter()
         return {}
 
-    handlers.register("probe", probe)
-    daemon = Daemon(config, paths, handlers=handlers)
+    kinds.register("probe", probe)
+    daemon = Daemon(config, paths, kinds=kinds)
     figures: dict[str, float] = {}
     done = anyio.Event()
     finished = 0

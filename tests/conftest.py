@@ -1,4 +1,12 @@
-"""Shared fixtures: a short temporary home, a real daemon subprocess, the CLI."""
+"""Shared fixtures: a short temporary home, in-process daemons, daemon subprocesses, the CLI.
+
+In-process (`daemon`, `clock`, `client`): a real store, hub, lanes and socket
+in the test's own event loop, on a fake clock unless the test asks for the
+real one. Per test, `@pytest.mark.daemon(config=..., kinds=..., real_clock=True)`.
+
+Subprocesses (`daemon_process`, `make_daemon`, `cli`): `interlock daemon` as a
+user starts it, for kill -9, signals, systemd and the command line.
+"""
 
 from __future__ import annotations
 
@@ -18,10 +26,44 @@ from typing import Any
 
 import pytest
 
+from interlock.clock import FakeClock
+from interlock.daemon import Daemon
+from interlock.ipc.client import Client, connect
+from tests.harness import running_daemon
+
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """The clock of the in-process daemon: time moves only when the test advances it."""
+    return FakeClock()
+
+
+@pytest.fixture
+async def daemon(home: Path, clock: FakeClock, request: pytest.FixtureRequest) -> Any:
+    """A running in-process daemon under `home`; settings from @pytest.mark.daemon(...)."""
+    marker = request.node.get_closest_marker("daemon")
+    options: dict[str, Any] = dict(marker.kwargs) if marker else {}
+    unknown = set(options) - {"config", "kinds", "real_clock"}
+    if unknown:
+        raise TypeError(f"@pytest.mark.daemon takes config, kinds, real_clock; not {unknown}")
+    used_clock = None if options.get("real_clock") else clock
+    async with running_daemon(home, options.get("config"), used_clock, options.get("kinds")) as d:
+        yield d
+
+
+@pytest.fixture
+async def client(daemon: Daemon) -> Any:
+    """A socket client of the in-process daemon, hello said."""
+    async with connect(daemon.paths.socket_path, "tests") as (connected, _notes):
+        yield connected
+
+
+__all__ = ["Client"]
 
 
 @pytest.fixture
@@ -129,13 +171,15 @@ class DaemonProcess:
             self._notify = None
 
 
-# Timers submit maintenance jobs of their own; tests that count jobs switch them off.
-NO_TIMERS = "\n[maintenance]\ntimers = {}\n"
+# Timers submit maintenance jobs of their own; tests that count jobs switch them off
+# (a [maintenance.timers.X] table merges over the built-in X, so each is disabled).
+TIMER_NAMES = ("health", "stalls", "governor", "projects", "inbox", "retention", "aging", "gates")
+NO_TIMERS = "".join(f"\n[maintenance.timers.{name}]\nenabled = false\n" for name in TIMER_NAMES)
 
 
 @pytest.fixture
-def daemon(home: Path) -> Iterator[DaemonProcess]:
-    """A running daemon under `home`: the embedded defaults, without timers."""
+def daemon_process(home: Path) -> Iterator[DaemonProcess]:
+    """A running daemon subprocess under `home`: the embedded defaults, without timers."""
     config = home / "interlock.toml"
     config.write_text(NO_TIMERS)
     process = DaemonProcess(home, config).start()
@@ -155,7 +199,7 @@ def make_daemon(home: Path) -> Iterator[Any]:
     ) -> DaemonProcess:
         """A daemon (not yet started) with this config; timers off unless asked for."""
         text = config_text or ""
-        if not timers and "[maintenance" not in text:
+        if not timers and "[maintenance.timers" not in text:
             text += NO_TIMERS
         config = None
         if text:

@@ -23,6 +23,7 @@ class LaneNotice:
     paused: bool
     reason: str
     at: float
+    actor: str = ""
 
 
 Notice = Event | LaneNotice

@@ -6,6 +6,7 @@ import difflib
 import os
 import re
 import tomllib
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -69,7 +70,7 @@ class RetryPolicy(_Section):
 
 
 class KindConfig(_Section):
-    """Per-kind settings: the lane a kind goes to unless asked otherwise, its retry policy."""
+    """Per-kind settings over the defaults of [jobs]: lane, retries, key window, timeout, gates."""
 
     lane: str | None = None
     max_attempts: int | None = Field(default=None, ge=1, le=1000)
@@ -77,17 +78,34 @@ class KindConfig(_Section):
     backoff_max_seconds: float | None = Field(default=None, ge=0)
     backoff_jitter: float | None = Field(default=None, ge=0, le=1)
     key_window_seconds: float | None = Field(default=None, ge=0)
-    # What a job of this kind must pass before it may stay done (gates.reopen checks).
+    # How long one attempt may run before it is stopped and counted as failed.
+    timeout_seconds: float | None = Field(default=None, gt=0)
+    # What a job of this kind must pass before it may stay done (gates.reopen reports
+    # the jobs that lack them).
     gates: list[Literal["review", "approval"]] = []
+
+
+DAY = 86_400.0
 
 
 class JobsConfig(_Section):
     """Defaults for every job kind."""
 
     default_lane: str = "background"
-    # How long a finished job keeps its idempotency key; 0: only while it is live.
-    key_window_seconds: float = Field(default=0.0, ge=0)
+    # How long a finished job keeps its idempotency key: a client that retries a
+    # submit whose reply it lost gets the job that ran, not a second one. A day,
+    # as Stripe keeps its keys. 0: only while the job is live.
+    key_window_seconds: float = Field(default=DAY, ge=0)
     retry: RetryPolicy = RetryPolicy()
+    # How long one attempt may run before it is stopped and counted as failed.
+    timeout_seconds: float = Field(default=3600.0, gt=0)
+    # A job found running at this many daemon starts (its daemon died each time)
+    # is dead: it probably kills the daemon. Crashes are not attempts, so a crash
+    # loop does not use up the attempts of the jobs that happened to be running.
+    max_crashes: int = Field(default=5, ge=1, le=1000)
+    # Retries a handler asks for without charging an attempt (a rate limit):
+    # past this many, they are charged, so a job cannot defer for ever.
+    max_deferrals: int = Field(default=50, ge=0)
 
 
 _LANE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,39}")
@@ -133,11 +151,12 @@ class TimerConfig(_Section):
 
 def _default_timers() -> dict[str, TimerConfig]:
     return {
-        "health": TimerConfig(kind="health.snapshot", interval_seconds=60, jitter_seconds=5),
+        "health": TimerConfig(kind="health.snapshot", interval_seconds=3600, jitter_seconds=60),
         "stalls": TimerConfig(kind="stalls.scan", interval_seconds=30, jitter_seconds=3),
         "governor": TimerConfig(kind="governor", interval_seconds=60, jitter_seconds=5),
         "projects": TimerConfig(kind="projects.advance", interval_seconds=300, jitter_seconds=15),
-        "inbox": TimerConfig(kind="inbox.scan", interval_seconds=10, jitter_seconds=1),
+        # A safety net: the daemon watches the inbox folder and scans when a file arrives.
+        "inbox": TimerConfig(kind="inbox.scan", interval_seconds=300, jitter_seconds=15),
         "retention": TimerConfig(kind="store.retention", interval_seconds=3600, jitter_seconds=60),
         "aging": TimerConfig(kind="priority.age", interval_seconds=300, jitter_seconds=15),
         "gates": TimerConfig(kind="gates.reopen", interval_seconds=600, jitter_seconds=30),
@@ -148,6 +167,9 @@ class MaintenanceConfig(_Section):
     """The timers that keep the daemon coherent, each a job in the maintenance lane."""
 
     timers: dict[str, TimerConfig] = Field(default_factory=_default_timers)
+    # After a start, timers wait this long before their first tick: a daemon that
+    # has just started serves its user first.
+    start_delay_seconds: float = Field(default=60.0, ge=0)
 
 
 # The kinds that keep the daemon coherent: maintenance in the tax, whatever lane they ran in.
@@ -168,8 +190,13 @@ class TaxConfig(_Section):
 
     # A job is maintenance if it ran in the maintenance lane or its kind is listed here.
     maintenance_kinds: tuple[str, ...] = BUILTIN_MAINTENANCE_KINDS
-    # The largest share of jobs (last 24 h) maintenance may take before the governor warns.
+    # The largest share of wall time, tokens or cost (last 24 h) maintenance may
+    # take before the health snapshot warns. Counted in what work costs, not in
+    # jobs: a hundred idle health checks cost less than one agent run.
     maintenance_budget: float = Field(default=0.6, ge=0, le=1)
+    # No warning before this many feature jobs in the window: on an idle daemon
+    # every share is maintenance's, and that is no alarm.
+    min_feature_jobs: int = Field(default=10, ge=0)
 
 
 class GovernorConfig(_Section):
@@ -209,6 +236,8 @@ class RetentionConfig(_Section):
 
     days: float = Field(default=30.0, gt=0)  # finished jobs and their events, after they ended
     backups: int = Field(default=3, ge=0, le=1000)  # generations kept; 0: no backups
+    # A backup is taken when the newest one is older than this.
+    backup_every_seconds: float = Field(default=86_400.0, gt=0)
     backup_dir: str = ""  # empty: <state folder>/backups; relative: under the state folder
 
     def folder(self, state_dir: Path) -> Path:
@@ -257,6 +286,25 @@ class Config(_Section):
     projects: dict[str, ProjectConfig] = Field(default_factory=dict)
     inbox: InboxConfig = InboxConfig()
     retention: RetentionConfig = RetentionConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_over_defaults(cls, data: Any) -> Any:
+        """A [lanes.X], [kinds.X] or [maintenance.timers.X] table changes the built-in X's
+        settings it names and keeps the others, instead of replacing all of X."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for name, defaults in (("lanes", _default_lanes()), ("kinds", _default_kinds())):
+            if isinstance(data.get(name), dict):
+                data[name] = _merged(defaults, data[name])
+        maintenance = data.get("maintenance")
+        if isinstance(maintenance, dict) and isinstance(maintenance.get("timers"), dict):
+            data["maintenance"] = {
+                **maintenance,
+                "timers": _merged(_default_timers(), maintenance["timers"], _TIMER_SCHEDULES),
+            }
+        return data
 
     @model_validator(mode="after")
     def _lanes_exist(self) -> Config:
@@ -308,6 +356,13 @@ class Config(_Section):
             return settings.key_window_seconds
         return self.jobs.key_window_seconds
 
+    def timeout_for(self, kind: str) -> float:
+        """Seconds one attempt of `kind` may run before it is stopped."""
+        settings = self.kinds.get(kind)
+        if settings is not None and settings.timeout_seconds is not None:
+            return settings.timeout_seconds
+        return self.jobs.timeout_seconds
+
     def retry_policy(self, kind: str) -> RetryPolicy:
         """The retry policy of `kind`: its own settings over the defaults."""
         settings = self.kinds.get(kind)
@@ -321,6 +376,52 @@ class Config(_Section):
             if value is not None
         }
         return base.model_copy(update=overrides)
+
+
+# A timer has one schedule: naming either of these replaces the built-in one.
+_TIMER_SCHEDULES = frozenset({"interval_seconds", "cron"})
+
+
+def _merged(
+    defaults: Mapping[str, BaseModel],
+    given: dict[str, Any],
+    exclusive: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
+    """The user's tables over the built-in ones, key by key (tables given as models replace)."""
+    merged: dict[str, Any] = dict(defaults)
+    for name, table in given.items():
+        base = defaults.get(name)
+        if isinstance(table, dict) and base is not None:
+            settings = base.model_dump(exclude_unset=True)
+            if exclusive & table.keys():
+                settings = {key: value for key, value in settings.items() if key not in exclusive}
+            merged[name] = {**settings, **table}
+        else:
+            merged[name] = table
+    return merged
+
+
+def check_kinds(config: Config, known: Collection[str]) -> None:
+    """Every kind that config names (a kind's settings, a timer, a project) has a handler."""
+    listed = ", ".join(sorted(known))
+    problems = []
+    for kind in config.kinds:
+        if kind not in known:
+            problems.append(f"kinds.{kind}: no handler for job kind {kind!r} (kinds: {listed})")
+    for name, timer in config.maintenance.timers.items():
+        if timer.kind not in known:
+            problems.append(
+                f"maintenance.timers.{name}.kind: no handler for job kind {timer.kind!r}"
+                f" (kinds: {listed})"
+            )
+    for name, project in config.projects.items():
+        if project.next_kind not in known:
+            problems.append(
+                f"projects.{name}.next_kind: no handler for job kind {project.next_kind!r}"
+                f" (kinds: {listed})"
+            )
+    if problems:
+        raise ConfigError("\n".join(problems))
 
 
 def load_config(path: Path | None) -> Config:

@@ -8,31 +8,86 @@ import os
 import signal
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, ClassVar
 
 import anyio
 from anyio.abc import TaskStatus
 
-from interlock import systemd
+from interlock import maintenance, systemd
 from interlock.bus import Bus
 from interlock.clock import Clock, SystemClock
-from interlock.config import Config, Paths
-from interlock.errors import AlreadyRunning
-from interlock.handlers import HandlerRegistry, default_registry
+from interlock.config import Config, Paths, check_kinds
+from interlock.domain import Job
+from interlock.errors import AlreadyRunning, StartupError
+from interlock.handlers import diagnostics
+from interlock.handlers.context import JobContext
+from interlock.handlers.registry import Kind, KindRegistry
 from interlock.hub import Hub
 from interlock.ipc.server import Server
-from interlock.lanes import LaneRunner, lane_order
+from interlock.lanes import LaneRunner, LeaseKeeper, lane_order
+from interlock.maintenance.context import MaintenanceContext
 from interlock.maintenance.scheduler import Scheduler
 from interlock.store.sqlite import SQLiteStore
 
 log = logging.getLogger(__name__)
 
+# AF_UNIX socket paths stop here (sun_path is 108 bytes, with its NUL).
+MAX_SOCKET_PATH = 107
+
+
+def builtin_kinds() -> KindRegistry:
+    """Every built-in kind: the diagnostic ones and the maintenance ones."""
+    registry = KindRegistry()
+    diagnostics.register(registry)
+    maintenance.register(registry)
+    return registry
+
+
+def check_paths(paths: Paths) -> None:
+    """Refuse to start, in one sentence, when a path the daemon needs cannot serve.
+
+    Checked before anything is opened: the state folder (a folder, writable),
+    the store (not a folder), the socket path (short enough for AF_UNIX).
+    """
+    state = paths.state_dir
+    if state.exists() and not state.is_dir():
+        raise StartupError(f"the state folder {state} is a file, not a folder")
+    try:
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise StartupError(
+            f"cannot create the state folder {state}: {exc.strerror or exc}"
+        ) from None
+    if not os.access(state, os.W_OK | os.X_OK):
+        raise StartupError(f"the state folder {state} is not writable")
+    if paths.db_path.is_dir():
+        raise StartupError(f"store.path names a folder, not a file: {paths.db_path}")
+    if not os.access(paths.db_path.parent, os.W_OK | os.X_OK):
+        raise StartupError(f"the store's folder {paths.db_path.parent} is not writable")
+    if paths.db_path.exists() and not os.access(paths.db_path, os.R_OK | os.W_OK):
+        raise StartupError(f"the store {paths.db_path} is read-only")
+    encoded = os.fsencode(paths.socket_path)
+    if len(encoded) > MAX_SOCKET_PATH:
+        raise StartupError(
+            f"the socket path {paths.socket_path} is {len(encoded)} bytes, longer than the"
+            f" {MAX_SOCKET_PATH} a Unix socket allows; set server.path or INTERLOCK_HOME shorter"
+        )
+    mode = state.stat().st_mode
+    if mode & 0o077:
+        log.warning(
+            "the state folder %s can be read by other users (mode %o); chmod 700 it",
+            state,
+            mode & 0o777,
+        )
+
 
 def _lock(path: Path) -> IO[bytes]:
     """Hold an exclusive lock on the state folder for as long as the daemon lives."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    handle = open(path, "a+b")  # noqa: SIM115 - held open for the daemon's life
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    handle = os.fdopen(fd, "a+b")
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -57,48 +112,69 @@ class Daemon:
         config: Config,
         paths: Paths,
         clock: Clock | None = None,
-        handlers: HandlerRegistry | None = None,
+        kinds: KindRegistry | None = None,
         handle_signals: bool = False,
     ) -> None:
         self.config = config
         self.paths = paths
         self.clock = clock or SystemClock()
-        self.handlers = handlers or default_registry()
+        self.kinds = kinds if kinds is not None else builtin_kinds()
         self.handle_signals = handle_signals
         self.holder = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.store = SQLiteStore(paths.db_path, config.store.durability)
+        self.store = SQLiteStore(paths.db_path, config.store.durability, self.clock)
         self.bus = Bus()
-        self.hub = Hub(self.store, self.bus, self.clock, config, self.handlers, self.holder)
+        self.hub = Hub(self.store, self.bus, self.clock, config, self.kinds, self.holder)
+        self.keeper = LeaseKeeper(self.hub, self.clock, config.daemon.lease_seconds)
         self.runners = [
-            LaneRunner(
-                name, config.lanes[name], self.hub, self.handlers, self.clock, paths.artifacts_dir
-            )
+            LaneRunner(name, config.lanes[name], self.hub, self.kinds, self.keeper, self._context)
             for name in lane_order(config.lanes)
         ]
-        self.scheduler = Scheduler(self.hub, self.clock, config.maintenance.timers)
+        self.scheduler = Scheduler(
+            self.hub,
+            self.clock,
+            config.maintenance.timers,
+            self.kinds,
+            paths.state_dir,
+            config.maintenance.start_delay_seconds,
+        )
         self._stop = anyio.Event()
         self.server: Server | None = None
+
+    def _context(self, job: Job, kind: Kind, report: Callable[[str], None]) -> JobContext:
+        """The context a handler of `kind` gets: the narrow one, or maintenance's wider one."""
+        if kind.context == "maintenance":
+            return MaintenanceContext(
+                job, self.clock, self.paths.artifacts_dir, report, self.hub, self.paths.state_dir
+            )
+        return JobContext(job, self.clock, self.paths.artifacts_dir, report)
 
     def stop(self) -> None:
         """Ask the daemon to shut down cleanly."""
         self._stop.set()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Start, report ready, serve until stopped, then drain and close."""
-        self.scheduler.check()
-        lock = _lock(self.paths.lock_path)
+        """Start, report ready, serve until stopped, then drain and close.
+
+        Files the daemon makes are its user's alone (umask 077, whatever the
+        unit or the shell said); every reason it cannot start is one sentence.
+        """
+        check_kinds(self.config, self.kinds)
+        umask = os.umask(0o077)
         try:
-            await self._run(task_status)
+            check_paths(self.paths)
+            lock = _lock(self.paths.lock_path)
+            try:
+                await self._run(task_status)
+            finally:
+                lock.close()
         finally:
-            lock.close()
+            os.umask(umask)
 
     async def _run(self, task_status: TaskStatus[None]) -> None:
         self.paths.artifacts_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         await self.store.open()
         try:
             recovered = await self.hub.recover()
-            if recovered:
-                log.warning("requeued %d job(s) left running by a previous daemon", len(recovered))
             self.server = Server(
                 self.hub,
                 self.config,
@@ -111,6 +187,7 @@ class Daemon:
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(self.server.serve, listener)
                 tasks.start_soon(self.store.run_checkpoints)
+                tasks.start_soon(self.keeper.run)
                 tasks.start_soon(self.scheduler.run)
                 for runner in self.runners:
                     tasks.start_soon(runner.run)
@@ -126,11 +203,9 @@ class Daemon:
                 await self._stop.wait()
                 await self._drain()
                 tasks.cancel_scope.cancel()
-            requeued = await self.hub.requeue_own(
-                "the daemon stopped before the job finished; requeued"
+            await self.hub.requeue_own(
+                "the daemon stopped before the job finished; requeued, the attempt not counted"
             )
-            if requeued:
-                log.warning("requeued %d unfinished job(s) for the next start", len(requeued))
         finally:
             # Shielded: when the daemon is cancelled rather than stopped, an
             # unclosed store leaves aiosqlite's threads behind to hang the exit.
@@ -149,6 +224,7 @@ class Daemon:
             f"EXTEND_TIMEOUT_USEC={int((grace + 5) * 1_000_000)}",
         )
         log.info("stopping: %d running job(s), grace %gs", running, grace)
+        self.hub.accepting = False
         if self.server is not None:
             self.server.stopping = True
         for runner in self.runners:
@@ -191,6 +267,8 @@ def setup_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # aiosqlite logs every call at debug: noise, even when the daemon's own debug is wanted.
+    logging.getLogger("aiosqlite").setLevel(logging.WARNING)
 
 
 def _stderr_is_journal() -> bool:

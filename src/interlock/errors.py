@@ -83,6 +83,27 @@ class InvalidTransition(InterlockError):
         )
 
 
+class LeaseLost(InterlockError):
+    """The attempt a worker ran is no longer the job's: it was stalled, requeued or cancelled."""
+
+    code = 409
+    name = "lease_lost"
+
+    def __init__(self, job_id: int, attempt: int, holder: str | None, current: int) -> None:
+        super().__init__(
+            f"job {job_id} is no longer held by attempt {attempt}"
+            f" (now attempt {current}, held by {holder or 'nobody'})",
+            job_id=job_id,
+        )
+
+
+class NotJson(InterlockError):
+    """A payload or result that cannot be stored as JSON."""
+
+    code = 400
+    name = "not_json"
+
+
 class KeyInUse(InterlockError):
     """A live job already holds the idempotency key a retry needs."""
 
@@ -93,6 +114,31 @@ class KeyInUse(InterlockError):
         super().__init__(
             f"idempotency key {key!r} is held by live job {holder_id}", key=key, holder_id=holder_id
         )
+
+
+class KeyConflict(InterlockError):
+    """An idempotency key is held by a job that was asked for with other parameters."""
+
+    code = 412
+    name = "key_conflict"
+
+    def __init__(self, key: str, holder_id: int, holder_kind: str) -> None:
+        super().__init__(
+            f"idempotency key {key!r} is held by job {holder_id} ({holder_kind}), which was"
+            " submitted with other parameters; use a new key for a different request",
+            key=key,
+            holder_id=holder_id,
+        )
+
+
+class InvalidPayload(InterlockError):
+    """A payload that cannot be valid for its kind: refused at submit, never retried."""
+
+    code = 422
+    name = "invalid_payload"
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(f"invalid payload for {kind}: {reason}", kind=kind, reason=reason)
 
 
 class LaneFull(InterlockError):
@@ -125,3 +171,17 @@ class AlreadyRunning(InterlockError):
 
     code = 504
     name = "already_running"
+
+
+class StartupError(InterlockError):
+    """The daemon cannot start: a path it needs is missing, unwritable or the wrong kind."""
+
+    code = 505
+    name = "startup"
+
+
+class StoreError(InterlockError):
+    """The database refused a read or a write (disk full, corrupt file, read-only, ...)."""
+
+    code = 507
+    name = "store"

@@ -2,25 +2,174 @@
 
 A lane sleeps on an in-process wake-up, set when a job is queued in it, a slot
 frees or the lane is resumed, or until its earliest `not_before` comes due.
-There is no polling loop.
+There is no polling loop. The jobs the lanes run keep their leases through
+one `LeaseKeeper`, which renews them all in one write every third of a lease
+and stops an attempt that runs past its kind's timeout.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
-from pathlib import Path
+from collections.abc import Callable, Mapping
 
 import anyio
 
 from interlock.clock import Clock
 from interlock.config import LaneConfig
-from interlock.domain import Job
-from interlock.errors import InterlockError
-from interlock.handlers import HandlerRegistry, JobContext
-from interlock.hub import Hub
+from interlock.domain import (
+    EventType,
+    Fail,
+    Job,
+    Outcome,
+    PermanentFailure,
+    Retry,
+    RetryLater,
+    outcome_of,
+)
+from interlock.errors import InvalidPayload, StoreError
+from interlock.handlers.context import JobContext
+from interlock.handlers.registry import Kind
+from interlock.hub import CHANGED_MEANWHILE, Hub
 
 log = logging.getLogger(__name__)
+
+# Builds the context a handler gets: the daemon knows which kinds get the
+# maintenance context, the lanes do not need to.
+ContextFactory = Callable[[Job, Kind, Callable[[str], None]], JobContext]
+
+
+async def wait_for(clock: Clock, deadline: float | None, event: anyio.Event) -> None:
+    """Return once `event` is set, or once the clock reaches `deadline` (None: never)."""
+    if deadline is None:
+        await event.wait()
+        return
+    async with anyio.create_task_group() as race:
+
+        async def timer() -> None:
+            await clock.sleep_until(deadline)
+            race.cancel_scope.cancel()
+
+        async def woken() -> None:
+            await event.wait()
+            race.cancel_scope.cancel()
+
+        race.start_soon(timer)
+        race.start_soon(woken)
+
+
+class Running:
+    """One attempt the keeper looks after (made for every job: kept cheap)."""
+
+    __slots__ = ("deadline", "job", "lost", "progress", "scope", "timed_out", "timeout", "written")
+
+    def __init__(self, job: Job, scope: anyio.CancelScope, deadline: float, timeout: float) -> None:
+        self.job = job
+        self.scope = scope
+        self.deadline = deadline
+        self.timeout = timeout
+        self.progress: str | None = None
+        self.written: str | None = None
+        self.timed_out = False
+        self.lost = False
+
+    def report(self, note: str) -> None:
+        """The handler's progress, kept until the next renewal writes it."""
+        self.progress = note
+
+
+class LeaseKeeper:
+    """Renews the leases of every job this daemon runs: one write each third of a lease.
+
+    A handler that awaits a slow call keeps its job, however long it waits.
+    An attempt that passes its kind's timeout is cancelled and its lease is
+    no longer renewed, so even a handler that ignores the cancel (stuck in a
+    thread, say) loses the job to the stall scan once its lease runs out.
+    """
+
+    def __init__(self, hub: Hub, clock: Clock, lease_seconds: float) -> None:
+        self.hub = hub
+        self.clock = clock
+        self.interval = max(lease_seconds / 3, 0.001)
+        self._running: dict[int, Running] = {}
+        self._changed = anyio.Event()
+        # When the keeper wakes next (None: it waits for a first job). A new job
+        # wakes it only if it must wake sooner: on the hot path nothing happens.
+        self._waking_at: float | None = None
+
+    def start(self, job: Job, scope: anyio.CancelScope, timeout: float) -> Running:
+        """Look after a claimed job's lease from now until `stop`."""
+        deadline = self.clock.now() + timeout
+        running = Running(job, scope, deadline, timeout)
+        self._running[job.id] = running
+        if self._waking_at is None or deadline < self._waking_at:
+            self._changed.set()
+        return running
+
+    def stop(self, job_id: int) -> None:
+        """The attempt is over: its outcome is the hub's business now."""
+        self._running.pop(job_id, None)
+
+    async def run(self) -> None:
+        """Renew and watch deadlines until cancelled."""
+        next_renewal: float | None = None
+        while True:
+            if not self._running:
+                next_renewal = self._waking_at = None
+                await self._changed.wait()
+                self._changed = anyio.Event()
+                continue
+            now = self.clock.now()
+            if next_renewal is None:
+                next_renewal = now + self.interval
+            deadlines = [r.deadline for r in self._running.values() if not r.timed_out]
+            self._waking_at = min([next_renewal, *deadlines])
+            await wait_for(self.clock, self._waking_at, self._changed)
+            if self._changed.is_set():
+                self._changed = anyio.Event()
+            now = self.clock.now()
+            self._stop_overdue(now)
+            if now >= next_renewal:
+                await self._renew()
+                next_renewal = now + self.interval
+
+    def _stop_overdue(self, now: float) -> None:
+        for running in self._running.values():
+            if not running.timed_out and now >= running.deadline:
+                running.timed_out = True
+                log.warning(
+                    "job %s (%s) ran past its timeout of %gs: stopping it",
+                    running.job.id,
+                    running.job.kind,
+                    running.timeout,
+                )
+                running.scope.cancel()
+
+    async def _renew(self) -> None:
+        live = [r for r in self._running.values() if not (r.timed_out or r.lost)]
+        if not live:
+            return
+        progress = {
+            r.job.id: r.progress for r in live if r.progress is not None and r.progress != r.written
+        }
+        try:
+            held = await self.hub.renew([self.hub.attempt_of(r.job) for r in live], progress)
+        except StoreError as exc:
+            log.error("cannot renew the leases of %d running job(s): %s", len(live), exc)
+            return
+        for running in live:
+            if running.job.id in held:
+                running.written = running.progress
+            elif running.job.id in self._running:
+                # Stalled and requeued, or cancelled: the attempt is no longer ours.
+                running.lost = True
+                log.warning(
+                    "job %s (%s) lost its lease while it ran; stopping the handler",
+                    running.job.id,
+                    running.job.kind,
+                )
+                running.scope.cancel()
 
 
 class LaneRunner:
@@ -31,16 +180,17 @@ class LaneRunner:
         name: str,
         settings: LaneConfig,
         hub: Hub,
-        handlers: HandlerRegistry,
-        clock: Clock,
-        artifacts_dir: Path,
+        kinds: Mapping[str, Kind],
+        keeper: LeaseKeeper,
+        make_context: ContextFactory,
     ) -> None:
         self.name = name
         self.settings = settings
         self.hub = hub
-        self.handlers = handlers
-        self.clock = clock
-        self.artifacts_dir = artifacts_dir
+        self.kinds = kinds
+        self.keeper = keeper
+        self.clock = keeper.clock
+        self.make_context = make_context
         self.running = 0
         self.claiming = True
         self._wake = anyio.Event()
@@ -121,25 +271,7 @@ class LaneRunner:
                     # its shutdown requeues them.
                     return
                 continue  # took what was there (or filled the lane): look again
-            await self._sleep(due)
-
-    async def _sleep(self, due: float | None) -> None:
-        """Wait for a wake-up, or for the next job of the lane to come due."""
-        if due is None:
-            await self._wake.wait()
-            return
-        async with anyio.create_task_group() as race:
-
-            async def timer() -> None:
-                await self.clock.sleep_until(due)
-                race.cancel_scope.cancel()
-
-            async def woken() -> None:
-                await self._wake.wait()
-                race.cancel_scope.cancel()
-
-            race.start_soon(timer)
-            race.start_soon(woken)
+            await wait_for(self.clock, due, self._wake)
 
     def _started(self) -> None:
         self.running += 1
@@ -153,40 +285,86 @@ class LaneRunner:
         self._wake.set()
 
     async def _work(self, job: Job, scope: anyio.CancelScope) -> None:
+        outcome: Outcome | None = None
+        timed_out = False
         try:
-            with scope:
-                await self._run_handler(job)
+            kind = self.kinds.get(job.kind)
+            timeout = self.hub.timeout_for(job.kind)
+            running = self.keeper.start(job, scope, timeout)
+            try:
+                with scope:
+                    outcome = await self._run_handler(job, kind, running)
+            finally:
+                self.keeper.stop(job.id)
+                self.hub.untrack(job.id)
+                timed_out = running.timed_out
+            if outcome is None and timed_out:
+                reason = (
+                    f"timed out: still running after {timeout:g}s"
+                    f" (kinds.{job.kind}.timeout_seconds)"
+                )
+                await self._settle(job, Retry(reason), EventType.TIMED_OUT)
+            elif outcome is not None:
+                await self._settle(job, outcome)
+            # Otherwise it was cancelled by a person, or its lease went elsewhere:
+            # there is nothing of this attempt to record.
         finally:
-            self.hub.untrack(job.id)
             self._ended()
 
-    async def _run_handler(self, job: Job) -> None:
-        handler = self.handlers.get(job.kind)
-        ctx = JobContext(
-            job=job,
-            clock=self.clock,
-            heartbeat=lambda: self.hub.heartbeat(job),
-            lease_seconds=self.hub.config.daemon.lease_seconds,
-            artifacts_root=self.artifacts_dir,
-            hub=self.hub,
-        )
+    async def _run_handler(self, job: Job, kind: Kind | None, running: Running) -> Outcome:
+        if kind is None:
+            return Fail(f"no handler for job kind {job.kind!r}: it is no longer configured")
+        ctx = self.make_context(job, kind, running.report)
         try:
-            if handler is None:
-                raise LookupError(f"no handler for job kind {job.kind!r}")
-            result = await handler(ctx)
+            return outcome_of(await kind.run(ctx))
+        except (RetryLater, PermanentFailure) as said:
+            return said.outcome
+        except InvalidPayload as refused:
+            return Fail(refused.message)
         except anyio.get_cancelled_exc_class():
             raise
         except Exception as exc:  # a handler's failure is recorded on the job, never swallowed
+            log.debug("job %s (%s) raised", job.id, job.kind, exc_info=True)
+            return Retry(f"{type(exc).__name__}: {exc}")
+
+    async def _settle(self, job: Job, outcome: Outcome, event: EventType | None = None) -> None:
+        """Have the hub record the outcome; a failing store is retried for about a lease.
+
+        Past that, the job is left to the stall scan, which fails the attempt
+        once its lease has expired: it is never left running in silence.
+        """
+        delay = 0.05
+        give_up_at = time.monotonic() + self.hub.config.daemon.lease_seconds
+        while True:
             try:
-                await self.hub.fail(job, exc)
-            except InterlockError as refused:
-                log.info("job %s failed (%s) but changed meanwhile: %s", job.id, exc, refused)
-        else:
-            try:
-                await self.hub.finish(job, result)
-            except InterlockError as refused:
-                # Cancelled while it ran, or its lease went elsewhere: the result is dropped.
-                log.info("job %s finished but changed meanwhile: %s", job.id, refused)
+                await self.hub.settle(job, outcome, event)
+                return
+            except CHANGED_MEANWHILE as refused:
+                # Cancelled while it ran, or its lease went elsewhere: the outcome is dropped.
+                log.info("job %s (%s) ended but changed meanwhile: %s", job.id, job.kind, refused)
+                return
+            except StoreError as exc:
+                if time.monotonic() + delay > give_up_at:
+                    log.error(
+                        "job %s (%s): its outcome could not be recorded (%s); the stall scan"
+                        " will fail this attempt once its lease expires",
+                        job.id,
+                        job.kind,
+                        exc,
+                    )
+                    return
+                log.error(
+                    "job %s (%s): cannot record its outcome (%s); again in %.2fs",
+                    job.id,
+                    job.kind,
+                    exc,
+                    delay,
+                )
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            except Exception:
+                log.exception("job %s (%s): recording its outcome failed", job.id, job.kind)
+                return
 
 
 class _HandOff:

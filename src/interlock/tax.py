@@ -14,6 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from interlock.config import TaxConfig
+
 DAY = 86_400.0
 MAINTENANCE_LANE = "maintenance"
 
@@ -96,8 +98,10 @@ class TaxReport(_Report):
     maintenance: ClassFigures
     feature: ClassFigures
     groups: list[TaxGroup]
-    budget: float  # the largest share of jobs maintenance may take (tax.maintenance_budget)
+    budget: float  # the largest share of time, tokens or cost maintenance may take
+    min_feature_jobs: int  # no verdict before this much feature work in the window
     over_budget: bool
+    over_budget_on: list[str]  # which of BUDGETED_SHARES passed the budget
 
 
 def _share(part: float, whole: float) -> float:
@@ -121,15 +125,20 @@ def _totals(rows: Iterable[UsageRow], days: float) -> Totals:
     )
 
 
+# What the budget weighs: what work costs. Not the count of jobs: an idle
+# daemon's health checks are many and cheap, one agent run is one and dear.
+BUDGETED_SHARES = ("wall_seconds", "tokens", "cost")
+
+
 def summarize(
     rows: Iterable[UsageRow],
     since: float,
     until: float,
-    maintenance_kinds: Collection[str],
-    budget: float,
+    policy: TaxConfig,
     by: TaxGrouping | None = None,
 ) -> TaxReport:
     """Classify the usage rows of a window and work out each class's shares."""
+    maintenance_kinds = policy.maintenance_kinds
     rows = list(rows)
     days = max(until - since, 0.0) / DAY
     classified = [(classify(row.lane, row.kind, maintenance_kinds), row) for row in rows]
@@ -158,6 +167,14 @@ def summarize(
         ]
         groups.sort(key=lambda group: (group.job_class.value, -group.totals.jobs, group.name or ""))
     maintenance = figures[JobClass.MAINTENANCE]
+    feature_jobs = figures[JobClass.FEATURE].totals.jobs
+    over = []
+    if feature_jobs >= max(policy.min_feature_jobs, 1):
+        over = [
+            name
+            for name in BUDGETED_SHARES
+            if getattr(maintenance.shares, name) > policy.maintenance_budget
+        ]
     return TaxReport(
         since=since,
         until=until,
@@ -167,6 +184,8 @@ def summarize(
         maintenance=maintenance,
         feature=figures[JobClass.FEATURE],
         groups=groups,
-        budget=budget,
-        over_budget=maintenance.shares.jobs > budget,
+        budget=policy.maintenance_budget,
+        min_feature_jobs=policy.min_feature_jobs,
+        over_budget=bool(over),
+        over_budget_on=over,
     )

@@ -16,7 +16,7 @@ def submit(cli, *args: str) -> int:
     return int(done.json()["id"])
 
 
-def test_submit_then_wait_reports_done(daemon, cli):
+def test_submit_then_wait_reports_done(daemon_process, cli):
     submitted = cli("submit", "noop", "--reason", "smoke test", "--json")
     assert submitted.code == 0, submitted.err
     body = submitted.json()
@@ -26,7 +26,7 @@ def test_submit_then_wait_reports_done(daemon, cli):
     assert waited.json()["state"] == "done"
 
 
-def test_submit_with_a_live_key_says_duplicate(daemon, cli):
+def test_submit_with_a_live_key_says_duplicate(daemon_process, cli):
     first = cli("submit", "sleep", "--payload", '{"seconds": 30}', "--key", "k", "--json").json()
     again = cli("submit", "sleep", "--payload", '{"seconds": 30}', "--key", "k")
     assert again.code == 0
@@ -35,7 +35,7 @@ def test_submit_with_a_live_key_says_duplicate(daemon, cli):
     assert as_json.json()["duplicate"] is True and as_json.json()["id"] == first["id"]
 
 
-def test_ls_lists_every_state_newest_first_with_the_promised_fields(daemon, cli):
+def test_ls_lists_every_state_newest_first_with_the_promised_fields(daemon_process, cli):
     done_id = submit(cli, "noop")
     assert cli("wait", str(done_id), "--timeout", "10").code == 0
     assert cli("pause", "background").code == 0
@@ -57,7 +57,7 @@ def test_ls_lists_every_state_newest_first_with_the_promised_fields(daemon, cli)
     assert len(cli("ls", "--limit", "1", "--json").json()) == 1
 
 
-def test_show_and_why_tell_who_asked_when_and_why(daemon, cli):
+def test_show_and_why_tell_who_asked_when_and_why(daemon_process, cli):
     parent = submit(cli, "noop", "--reason", "the engineer asked")
     child = submit(cli, "noop", "--parent", str(parent), "--reason", "follow-up")
     shown = cli("show", str(child), "--json").json()
@@ -73,7 +73,7 @@ def test_show_and_why_tell_who_asked_when_and_why(daemon, cli):
     assert "reason" in human.out and "follow-up" in human.out and "submitted" in human.out
 
 
-def test_cancel_and_retry_round_trip(daemon, cli):
+def test_cancel_and_retry_round_trip(daemon_process, cli):
     job = submit(cli, "sleep", "--payload", '{"seconds": 60}')
     cancelled = cli("cancel", str(job), "--json")
     assert cancelled.code == 0 and cancelled.json()["state"] == "cancelled"
@@ -85,7 +85,7 @@ def test_cancel_and_retry_round_trip(daemon, cli):
     assert cli("cancel", str(job)).code == 0
 
 
-def test_pause_and_resume_a_lane(daemon, cli):
+def test_pause_and_resume_a_lane(daemon_process, cli):
     assert cli("pause", "interactive", "--reason", "lunch").code == 0
     lanes = {lane["name"]: lane for lane in cli("lanes", "--json").json()}
     assert lanes["interactive"]["paused"] is True
@@ -99,7 +99,7 @@ def test_pause_and_resume_a_lane(daemon, cli):
     assert "interactive" in human.out and "open" in human.out
 
 
-def test_health_reports_the_paths_and_counts(daemon, cli, home):
+def test_health_reports_the_paths_and_counts(daemon_process, cli, home):
     submit(cli, "noop")
     health = cli("health", "--json").json()
     assert health["status"] == "ok"
@@ -108,7 +108,7 @@ def test_health_reports_the_paths_and_counts(daemon, cli, home):
     assert "interlock" in cli("health").out
 
 
-def test_failed_requests_exit_1_with_the_daemons_message(daemon, cli):
+def test_failed_requests_exit_1_with_the_daemons_message(daemon_process, cli):
     missing = cli("show", "4242")
     assert missing.code == 1 and "no job with id 4242" in missing.err
     unknown = cli("submit", "frobnicate")
@@ -119,7 +119,7 @@ def test_failed_requests_exit_1_with_the_daemons_message(daemon, cli):
         assert "Traceback" not in result.err
 
 
-def test_usage_errors_exit_2(daemon, cli):
+def test_usage_errors_exit_2(daemon_process, cli):
     assert cli("show", "abc").code == 2
     assert cli("frobnicate").code == 2
     bad_payload = cli("submit", "noop", "--payload", "{not json")
@@ -137,7 +137,7 @@ def test_daemon_not_running_names_the_socket(home: Path):
     assert "Traceback" not in done.err
 
 
-def test_second_daemon_on_the_same_home_refuses_to_start(daemon, make_daemon):
+def test_second_daemon_on_the_same_home_refuses_to_start(daemon_process, make_daemon):
     second = make_daemon()
     try:
         second.start(timeout=5)
@@ -147,7 +147,7 @@ def test_second_daemon_on_the_same_home_refuses_to_start(daemon, make_daemon):
         raise AssertionError("a second daemon started on the same state folder")
 
 
-def test_wait_reports_a_lost_daemon_without_a_traceback(daemon, home):
+def test_wait_reports_a_lost_daemon_without_a_traceback(daemon_process, home):
     job = submit_sleep(home)
     waiter = subprocess.Popen(
         [sys.executable, "-m", "interlock", "wait", str(job)],
@@ -157,7 +157,7 @@ def test_wait_reports_a_lost_daemon_without_a_traceback(daemon, home):
         text=True,
     )
     time.sleep(1.0)  # let the waiter connect and subscribe (a real process, real time)
-    daemon.kill()
+    daemon_process.kill()
     _, err = waiter.communicate(timeout=20)
     assert waiter.returncode == 1
     assert "lost the connection" in err and "Traceback" not in err
@@ -169,14 +169,14 @@ def submit_sleep(home: Path) -> int:
     return int(done.json()["id"])
 
 
-def test_limit_out_of_range_is_a_usage_error(daemon, cli):
+def test_limit_out_of_range_is_a_usage_error(daemon_process, cli):
     for bad in ("0", "20000", "x"):
         done = cli("ls", "--limit", bad)
         assert done.code == 2 and "Traceback" not in done.err
 
 
 def test_wait_ends_when_its_subscription_overflows(make_daemon, home):
-    daemon = make_daemon("[server]\nsubscriber_queue = 1\n").start()
+    daemon_process = make_daemon("[server]\nsubscriber_queue = 1\n").start()
     job = run_cli(
         home, "submit", "sleep", "--payload", '{"seconds": 0, "fail": "x"}', "--json"
     ).json()["id"]
@@ -184,17 +184,17 @@ def test_wait_ends_when_its_subscription_overflows(make_daemon, home):
     # Either it saw the end, or it was told it fell behind; it never waits out the timeout.
     assert waited.code == 1
     assert "timed out" not in waited.err
-    daemon.terminate()
+    daemon_process.terminate()
 
 
 def test_a_corrupt_store_stops_the_daemon_with_a_message(make_daemon, home):
     (home / "interlock.db").write_bytes(b"this is not a database" * 1000)
-    daemon = make_daemon()
+    daemon_process = make_daemon()
     try:
-        daemon.start(timeout=15)
+        daemon_process.start(timeout=15)
     except AssertionError as exc:
         assert "cannot open the store" in str(exc)
-        assert daemon.process is not None and daemon.process.returncode == 1
+        assert daemon_process.process is not None and daemon_process.process.returncode == 1
     else:
         raise AssertionError("the daemon started on a corrupt store")
 

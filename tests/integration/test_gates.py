@@ -1,8 +1,7 @@
-"""gates.reopen: a done job that skipped a gate of its kind is queued again, with an event."""
+"""gates.reopen: a done job that skipped a gate of its kind is reported, never run again."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,92 +9,85 @@ import pytest
 from interlock.clock import FakeClock
 from interlock.config import Config, KindConfig
 from interlock.daemon import Daemon
-from interlock.domain import EventType, JobSpec, JobState, Trigger
-from tests.harness import running_daemon, wait_for_state
+from interlock.domain import EventType, JobSpec, JobState
+from interlock.maintenance import gates
+from interlock.maintenance.context import Probe
+from tests.harness import run_job, run_maintenance
 
 pytestmark = pytest.mark.anyio
 
 
-def gated(*gates: Any) -> Config:
-    kinds = Config().kinds | {"noop": KindConfig(lane="interactive", gates=list(gates))}
+def gated(*names: Any) -> Config:
+    kinds = Config().kinds | {"noop": KindConfig(lane="interactive", gates=list(names))}
     return Config(kinds=kinds)
-
-
-async def run_gates(daemon: Daemon) -> dict[str, Any]:
-    job = (await daemon.hub.submit(JobSpec(kind="gates.reopen"))).job
-    await wait_for_state(daemon, job.id, JobState.DONE, JobState.DEAD)
-    finished = await daemon.hub.get(job.id)
-    assert finished.state == JobState.DONE, finished.error
-    result: dict[str, Any] = finished.result
-    return result
 
 
 async def done(daemon: Daemon, kind: str = "noop") -> int:
     payload = {"seconds": 0} if kind == "sleep" else {}
-    job = (await daemon.hub.submit(JobSpec(kind=kind, payload=payload))).job
-    await wait_for_state(daemon, job.id, JobState.DONE)
+    job = await run_job(daemon, JobSpec(kind=kind, payload=payload))
+    assert job.state == JobState.DONE
     return job.id
 
 
-async def test_a_job_done_without_its_review_is_reopened_naming_the_gate(home: Path) -> None:
-    clock = FakeClock()
-    async with running_daemon(home, gated("review"), clock) as daemon:
-        hub = daemon.hub
-        unreviewed = await done(daemon)
-        reviewed = await done(daemon)
-        await daemon.store.flag(reviewed, EventType.REVIEWED, "looks right", clock.now())
-        ungated = await done(daemon, kind="sleep")
-        await hub.set_paused("interactive", True)  # keep the reopened job where we can see it
-
-        result = await run_gates(daemon)
-
-        assert result == {"reopened": [unreviewed], "refused": []}
-        job = await hub.get(unreviewed)
-        assert (job.state, job.attempts, job.finished_at) == (JobState.QUEUED, 0, None)
-        event = (await hub.events(unreviewed))[-1]
-        assert event.type == EventType.REOPENED
-        assert (event.from_state, event.to_state) == (JobState.DONE, JobState.QUEUED)
-        assert event.trigger == Trigger.REVIEW
-        assert "review gate" in event.note
-        assert event.data == {"missing_gates": ["review"]}
-        assert (await hub.get(reviewed)).state == JobState.DONE
-        assert (await hub.get(ungated)).state == JobState.DONE
-        # The reopened job runs again once its lane does.
-        await hub.set_paused("interactive", False)
-        await wait_for_state(daemon, unreviewed, JobState.DONE)
+async def claims(daemon: Daemon, job_id: int) -> int:
+    return sum(event.type == EventType.CLAIMED for event in await daemon.hub.events(job_id))
 
 
-async def test_each_missing_gate_is_named(home: Path) -> None:
-    clock = FakeClock()
-    async with running_daemon(home, gated("review", "approval"), clock) as daemon:
-        neither = await done(daemon)
-        reviewed_only = await done(daemon)
-        await daemon.store.flag(reviewed_only, EventType.REVIEWED, "fine", clock.now())
-        both = await done(daemon)
-        await daemon.store.flag(both, EventType.REVIEWED, "fine", clock.now())
-        await daemon.store.flag(both, EventType.APPROVED, "yes", clock.now())
-        await daemon.hub.set_paused("interactive", True)
+@pytest.mark.daemon(config=gated("review"))
+async def test_a_job_done_without_its_review_is_reported_once_and_never_rerun(
+    daemon: Daemon, clock: FakeClock
+) -> None:
+    unreviewed = await done(daemon)
+    reviewed = await done(daemon)
+    await daemon.hub.note(reviewed, EventType.REVIEWED, "looks right")
+    ungated = await done(daemon, kind="sleep")
 
-        result = await run_gates(daemon)
+    first = await run_maintenance(daemon, "gates.reopen")
+    clock.advance(600)
+    second = await run_maintenance(daemon, "gates.reopen")
 
-        assert result["reopened"] == [neither, reviewed_only]
-        missing = {}
-        for job_id in (neither, reviewed_only):
-            event = (await daemon.hub.events(job_id))[-1]
-            missing[job_id] = event.data["missing_gates"]
-        assert missing == {neither: ["review", "approval"], reviewed_only: ["approval"]}
-        assert (await daemon.hub.get(both)).state == JobState.DONE
-
-
-async def test_with_no_kind_declaring_gates_nothing_is_reopened(home: Path) -> None:
-    clock = FakeClock()
-    async with running_daemon(home, Config(), clock) as daemon:
-        jobs = [await done(daemon) for _ in range(3)]
-        assert await run_gates(daemon) == {"reopened": [], "refused": []}
-        assert {(await daemon.hub.get(job_id)).state for job_id in jobs} == {JobState.DONE}
+    assert first == {
+        "missing": {str(unreviewed): ["review"]},
+        "reported": {str(unreviewed): ["review"]},
+    }
+    assert second == {"missing": {str(unreviewed): ["review"]}, "reported": {}}
+    job = await daemon.hub.get(unreviewed)
+    assert job.state == JobState.DONE and await claims(daemon, unreviewed) == 1
+    (event,) = [e for e in await daemon.hub.events(unreviewed) if e.type == EventType.GATE_MISSING]
+    assert (event.from_state, event.to_state) == (JobState.DONE, JobState.DONE)
+    assert "review gate" in event.note and event.data == {"missing_gates": ["review"]}
+    for other in (reviewed, ungated):
+        assert (await daemon.hub.get(other)).state == JobState.DONE
+        assert await claims(daemon, other) == 1
 
 
-async def test_the_default_gates_timer_runs_every_ten_minutes() -> None:
-    timer = Config().maintenance.timers["gates"]
-    assert (timer.kind, timer.interval_seconds) == ("gates.reopen", 600)
-    assert all(settings.gates == [] for settings in Config().kinds.values())
+@pytest.mark.daemon(config=gated("review", "approval"))
+async def test_each_missing_gate_is_named(daemon: Daemon) -> None:
+    neither = await done(daemon)
+    reviewed_only = await done(daemon)
+    await daemon.hub.note(reviewed_only, EventType.REVIEWED, "fine")
+    both = await done(daemon)
+    await daemon.hub.note(both, EventType.REVIEWED, "fine")
+    await daemon.hub.note(both, EventType.APPROVED, "yes")
+
+    result = await run_maintenance(daemon, "gates.reopen")
+
+    assert result["reported"] == {
+        str(neither): ["review", "approval"],
+        str(reviewed_only): ["approval"],
+    }
+    assert (await daemon.hub.get(both)).state == JobState.DONE
+
+
+async def test_with_no_kind_declaring_gates_the_timer_makes_no_job(daemon: Daemon) -> None:
+    jobs = [await done(daemon) for _ in range(3)]
+    probe = Probe(daemon.hub.reads, daemon.config, daemon.clock, daemon.paths.state_dir)
+    assert not await gates.due(probe)
+    assert await run_maintenance(daemon, "gates.reopen") == {"missing": {}, "reported": {}}
+    assert {(await daemon.hub.get(job_id)).state for job_id in jobs} == {JobState.DONE}
+
+
+@pytest.mark.daemon(config=gated("approval"))
+async def test_with_a_gated_kind_the_timer_has_work(daemon: Daemon) -> None:
+    probe = Probe(daemon.hub.reads, daemon.config, daemon.clock, daemon.paths.state_dir)
+    assert await gates.due(probe)

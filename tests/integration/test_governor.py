@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from interlock.clock import FakeClock
 from interlock.config import Config, GovernorConfig, KindConfig
-from interlock.daemon import Daemon
-from interlock.domain import Event, EventType, JobSpec, JobState
-from interlock.handlers import HandlerRegistry, JobContext, default_registry
+from interlock.daemon import Daemon, builtin_kinds
+from interlock.domain import Event, EventType, JobFilter, JobSpec, JobState, Usage
+from interlock.handlers import Done, JobContext, KindRegistry
 from interlock.ipc.client import connect
-from tests.harness import running_daemon, settle, wait_for_state
+from tests.harness import run_maintenance, settle, wait_for_state
 
 pytestmark = pytest.mark.anyio
 
@@ -21,13 +20,11 @@ FAILING = JobSpec(kind="sleep", payload={"seconds": 0, "fail": "x"})
 PASSING = JobSpec(kind="sleep", payload={"seconds": 0})
 
 
-def config(**governor: Any) -> Config:
+def config(*extra_kinds: str, **governor: Any) -> Config:
     """`sleep` gets one attempt, so each failing job is one failed attempt."""
     base = Config()
-    kinds = base.kinds | {
-        "sleep": KindConfig(lane="background", max_attempts=1),
-        "spend": KindConfig(lane="background"),
-    }
+    kinds = base.kinds | {"sleep": KindConfig(lane="background", max_attempts=1)}
+    kinds |= {kind: KindConfig(lane="background", max_attempts=1) for kind in extra_kinds}
     return base.model_copy(update={"kinds": kinds, "governor": GovernorConfig(**governor)})
 
 
@@ -39,9 +36,8 @@ async def run_jobs(daemon: Daemon, specs: list[JobSpec]) -> None:
 
 async def govern(daemon: Daemon) -> tuple[dict[str, Any], list[Event]]:
     """Run the governor once; its result and its events."""
-    job = (await daemon.hub.submit(JobSpec(kind="governor"))).job
-    await wait_for_state(daemon, job.id, JobState.DONE)
-    result: dict[str, Any] = (await daemon.hub.get(job.id)).result
+    result = await run_maintenance(daemon, "governor")
+    (job,) = await daemon.hub.list_jobs(JobFilter(kind="governor", limit=1))
     return result, await daemon.hub.events(job.id)
 
 
@@ -52,161 +48,141 @@ def of_type(events: list[Event], event_type: EventType) -> list[Event]:
 REASON = "governor: kind sleep failed 8 of 10 attempts in 15 min (80% > 50%)"
 
 
+@pytest.mark.daemon(config=config())
 async def test_a_kind_failing_fast_pauses_its_lane_until_a_person_resumes_it(
-    home: Path,
+    daemon: Daemon, clock: FakeClock
 ) -> None:
-    clock = FakeClock()
-    async with running_daemon(home, config(), clock) as daemon:
-        await run_jobs(daemon, [FAILING] * 8 + [PASSING] * 2)
-        result, events = await govern(daemon)
+    await run_jobs(daemon, [FAILING] * 8 + [PASSING] * 2)
+    result, events = await govern(daemon)
 
-        assert result["paused"] == {"background": REASON.removeprefix("governor: ")}
-        (paused_event,) = of_type(events, EventType.LANE_PAUSED)
-        assert paused_event.note == f"paused lane background: {REASON.removeprefix('governor: ')}"
-        async with connect(daemon.paths.socket_path) as (client, _):
-            (lane,) = [lane for lane in (await client.lanes()).lanes if lane.name == "background"]
-            assert lane.paused and lane.paused_reason == REASON
-            health = await client.health()
-            assert [lane.name for lane in health.lanes if lane.paused] == ["background"]
-
-        # Paused means paused: new work waits, later runs and time change nothing.
-        waiting = (await daemon.hub.submit(PASSING)).job
-        clock.advance(3600)
-        await govern(daemon)
-        await settle(daemon)
-        assert (await daemon.hub.get(waiting.id)).state == JobState.QUEUED
-        (lane,) = await daemon.hub.lanes(["background"])
+    assert result["paused"] == {"background": REASON.removeprefix("governor: ")}
+    (paused_event,) = of_type(events, EventType.LANE_PAUSED)
+    assert paused_event.note == f"paused lane background: {REASON.removeprefix('governor: ')}"
+    async with connect(daemon.paths.socket_path) as (client, _):
+        (lane,) = [lane for lane in (await client.lanes()).lanes if lane.name == "background"]
         assert lane.paused and lane.paused_reason == REASON
+        health = await client.health()
+        assert [lane.name for lane in health.lanes if lane.paused] == ["background"]
 
-        async with connect(daemon.paths.socket_path) as (client, _):
-            await client.resume("background")
-        await wait_for_state(daemon, waiting.id, JobState.DONE)
+    # Paused means paused: new work waits, later runs and time change nothing.
+    waiting = (await daemon.hub.submit(PASSING)).job
+    clock.advance(3600)
+    await govern(daemon)
+    await settle(daemon)
+    assert (await daemon.hub.get(waiting.id)).state == JobState.QUEUED
+    (lane,) = await daemon.hub.lanes(["background"])
+    assert lane.paused and lane.paused_reason == REASON
 
-
-async def test_failures_from_before_a_resume_do_not_pause_the_lane_again(home: Path) -> None:
-    clock = FakeClock()
-    async with running_daemon(home, config(), clock) as daemon:
-        await run_jobs(daemon, [FAILING] * 10)
-        await govern(daemon)
-        assert (await daemon.hub.lanes(["background"]))[0].paused
-
-        await daemon.hub.set_paused("background", False)  # a person resumes it, same instant
-        result, events = await govern(daemon)
-        assert result["paused"] == {}
-        assert result["attempts"]["background"] == {"finished": 0, "failed": 0}
-        assert of_type(events, EventType.LANE_PAUSED) == []
-        assert not (await daemon.hub.lanes(["background"]))[0].paused
-
-        clock.advance(60)
-        await run_jobs(daemon, [FAILING] * 10)  # failing again after the resume: paused again
-        result, _ = await govern(daemon)
-        assert result["paused"] == {
-            "background": "kind sleep failed 10 of 10 attempts in 15 min (100% > 50%)"
-        }
-        assert (await daemon.hub.lanes(["background"]))[0].paused
+    async with connect(daemon.paths.socket_path) as (client, _):
+        await client.resume("background")
+    await wait_for_state(daemon, waiting.id, JobState.DONE)
 
 
-async def test_failures_outside_the_window_or_too_few_do_not_count(home: Path) -> None:
-    clock = FakeClock()
-    async with running_daemon(home, config(window_seconds=600, min_attempts=5), clock) as daemon:
-        await run_jobs(daemon, [FAILING] * 4)
-        result, _ = await govern(daemon)
-        assert result["paused"] == {}  # 4 attempts: too few to judge
-        clock.advance(601)
-        await run_jobs(daemon, [FAILING] * 2 + [PASSING] * 3)
-        result, _ = await govern(daemon)
-        assert result["paused"] == {}  # the old four are out of the window: 2 of 5 is 40%
-        await run_jobs(daemon, [FAILING])
-        result, _ = await govern(daemon)
-        assert result["paused"] == {}  # 3 of 6 is 50%: at the limit, not past it
-        await run_jobs(daemon, [FAILING])
-        result, _ = await govern(daemon)
-        assert result["paused"] == {
-            "background": "kind sleep failed 4 of 7 attempts in 10 min (57% > 50%)"
-        }
+@pytest.mark.daemon(config=config())
+async def test_failures_from_before_a_resume_do_not_pause_the_lane_again(
+    daemon: Daemon, clock: FakeClock
+) -> None:
+    await run_jobs(daemon, [FAILING] * 10)
+    await govern(daemon)
+    assert (await daemon.hub.lanes(["background"]))[0].paused
+
+    await daemon.hub.set_paused("background", False)  # a person resumes it, same instant
+    result, events = await govern(daemon)
+    assert result["paused"] == {}
+    assert result["attempts"]["background"] == {"finished": 0, "failed": 0}
+    assert of_type(events, EventType.LANE_PAUSED) == []
+    assert not (await daemon.hub.lanes(["background"]))[0].paused
+
+    clock.advance(60)
+    await run_jobs(daemon, [FAILING] * 10)  # failing again after the resume: paused again
+    result, _ = await govern(daemon)
+    assert result["paused"] == {
+        "background": "kind sleep failed 10 of 10 attempts in 15 min (100% > 50%)"
+    }
+    assert (await daemon.hub.lanes(["background"]))[0].paused
 
 
-async def test_a_lane_of_many_kinds_is_judged_as_a_whole(home: Path) -> None:
-    clock = FakeClock()
-    registry = default_registry()
+@pytest.mark.daemon(config=config(window_seconds=600, min_attempts=5))
+async def test_failures_outside_the_window_or_too_few_do_not_count(
+    daemon: Daemon, clock: FakeClock
+) -> None:
+    await run_jobs(daemon, [FAILING] * 4)
+    result, _ = await govern(daemon)
+    assert result["paused"] == {}  # 4 attempts: too few to judge
+    clock.advance(601)
+    await run_jobs(daemon, [FAILING] * 2 + [PASSING] * 3)
+    result, _ = await govern(daemon)
+    assert result["paused"] == {}  # the old four are out of the window: 2 of 5 is 40%
+    await run_jobs(daemon, [FAILING])
+    result, _ = await govern(daemon)
+    assert result["paused"] == {}  # 3 of 6 is 50%: at the limit, not past it
+    await run_jobs(daemon, [FAILING])
+    result, _ = await govern(daemon)
+    assert result["paused"] == {
+        "background": "kind sleep failed 4 of 7 attempts in 10 min (57% > 50%)"
+    }
+
+
+def broken_kinds() -> KindRegistry:
+    kinds = builtin_kinds()
 
     async def broken(ctx: JobContext) -> None:
         raise RuntimeError("broken")
 
-    registry.register("broken", broken)
-    cfg = config(min_attempts=4)
-    cfg = cfg.model_copy(
-        update={"kinds": cfg.kinds | {"broken": KindConfig(lane="background", max_attempts=1)}}
-    )
-    async with running_daemon(home, cfg, clock, registry) as daemon:
-        # No kind has four attempts alone; the lane has six, and four of them failed.
-        broken = JobSpec(kind="broken")
-        noop = JobSpec(kind="noop", lane="background")
-        await run_jobs(daemon, [FAILING, FAILING, PASSING, broken, broken, noop])
-        result, _ = await govern(daemon)
+    kinds.register("broken", broken)
+    return kinds
+
+
+@pytest.mark.daemon(config=config("broken", min_attempts=4), kinds=broken_kinds())
+async def test_a_lane_of_many_kinds_is_judged_as_a_whole(daemon: Daemon) -> None:
+    # No kind has four attempts alone; the lane has six, and four of them failed.
+    broken = JobSpec(kind="broken")
+    noop = JobSpec(kind="noop", lane="background")
+    await run_jobs(daemon, [FAILING, FAILING, PASSING, broken, broken, noop])
+    result, _ = await govern(daemon)
     assert result["paused"] == {
         "background": "lane background failed 4 of 6 attempts in 15 min (67% > 50%)"
     }
 
 
-async def test_the_maintenance_lane_is_never_paused(home: Path) -> None:
-    async with running_daemon(home, config(), FakeClock()) as daemon:
-        failing = FAILING.model_copy(update={"lane": "maintenance"})
-        await run_jobs(daemon, [failing] * 10)
-        result, _ = await govern(daemon)
-        assert result["paused"] == {}
-        assert not any(lane.paused for lane in await daemon.hub.lanes())
+@pytest.mark.daemon(config=config())
+async def test_the_maintenance_lane_is_never_paused(daemon: Daemon) -> None:
+    failing = FAILING.model_copy(update={"lane": "maintenance"})
+    await run_jobs(daemon, [failing] * 10)
+    result, _ = await govern(daemon)
+    assert result["paused"] == {}
+    assert not any(lane.paused for lane in await daemon.hub.lanes())
 
 
-def spending_registry() -> HandlerRegistry:
-    registry = default_registry()
+def spending_kinds() -> KindRegistry:
+    kinds = builtin_kinds()
 
-    async def spend(ctx: JobContext) -> dict[str, Any]:
-        return {"usage": {"tokens": 10, "cost": ctx.job.payload["cost"]}}
+    async def spend(ctx: JobContext) -> Done:
+        return Done(usage=Usage(tokens=10, cost=ctx.payload["cost"]))
 
-    registry.register("spend", spend)
-    return registry
-
-
-async def test_the_days_spend_past_its_limit_pauses_the_lanes_that_spent(home: Path) -> None:
-    clock = FakeClock()
-    cfg = config(daily_cost_limit=1.0)
-    async with running_daemon(home, cfg, clock, spending_registry()) as daemon:
-        spend = JobSpec(kind="spend", payload={"cost": 0.6})
-        await run_jobs(daemon, [spend])
-        result, _ = await govern(daemon)
-        assert result["paused"] == {} and result["spent_today"] == 0.6
-
-        await run_jobs(daemon, [spend, JobSpec(kind="noop")])
-        result, events = await govern(daemon)
-        reason = (
-            "spent 1.20 today (UTC) > daily limit 1.00 (governor.daily_cost_limit; this lane 1.20)"
-        )
-        assert result["paused"] == {"background": reason}  # interactive spent nothing
-        assert of_type(events, EventType.LANE_PAUSED)[0].note == f"paused lane background: {reason}"
-
-        clock.advance(1)
-        await daemon.hub.set_paused("background", False)
-        result, _ = await govern(daemon)
-        assert result["paused"] == {}  # nothing spent since the person resumed it
+    kinds.register("spend", spend)
+    return kinds
 
 
-async def test_maintenance_over_its_budget_is_a_warning_on_the_governors_job(home: Path) -> None:
-    async with running_daemon(home, config(), FakeClock()) as daemon:
-        result, events = await govern(daemon)  # the governor's own job is the only job
-        assert result["over_budget"] and result["maintenance_share"] == 1.0
-        (warning,) = of_type(events, EventType.BUDGET_EXCEEDED)
-        assert warning.note == (
-            "maintenance took 100% of the 1 jobs of the last 24 h, over its budget of 60%"
-            " (tax.maintenance_budget)"
-        )
-        assert warning.from_state == warning.to_state == JobState.RUNNING
-        assert not any(lane.paused for lane in await daemon.hub.lanes())
+@pytest.mark.daemon(config=config("spend", daily_cost_limit=1.0), kinds=spending_kinds())
+async def test_the_days_spend_past_its_limit_pauses_the_lanes_that_spent(
+    daemon: Daemon, clock: FakeClock
+) -> None:
+    spend = JobSpec(kind="spend", payload={"cost": 0.6})
+    await run_jobs(daemon, [spend])
+    result, _ = await govern(daemon)
+    assert result["paused"] == {} and result["spent_today"] == 0.6
 
-        await run_jobs(daemon, [JobSpec(kind="noop")] * 8)
-        result, events = await govern(daemon)  # 2 of 10 jobs: within budget
-        assert not result["over_budget"]
-        assert of_type(events, EventType.BUDGET_EXCEEDED) == []
+    await run_jobs(daemon, [spend, JobSpec(kind="noop")])
+    result, events = await govern(daemon)
+    reason = "spent 1.20 today (UTC) > daily limit 1.00 (governor.daily_cost_limit; this lane 1.20)"
+    assert result["paused"] == {"background": reason}  # interactive spent nothing
+    assert of_type(events, EventType.LANE_PAUSED)[0].note == f"paused lane background: {reason}"
+
+    clock.advance(1)
+    await daemon.hub.set_paused("background", False)
+    result, _ = await govern(daemon)
+    assert result["paused"] == {}  # nothing spent since the person resumed it
 
 
 def test_the_governors_pause_shows_in_lanes_and_health_until_resumed(

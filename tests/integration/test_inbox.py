@@ -47,7 +47,7 @@ async def scan(daemon: Daemon) -> dict[str, Any]:
 
 
 async def inbox_jobs(daemon: Daemon) -> list[Any]:
-    jobs = await daemon.hub.list_jobs(JobFilter(limit=1000))
+    jobs = await daemon.hub.list_jobs(JobFilter(limit=1000, with_payload=True))
     return [job for job in jobs if job.trigger == Trigger.INBOX]
 
 
@@ -242,9 +242,8 @@ async def test_the_inbox_folder_is_configurable_and_made_when_missing(home: Path
 
 async def test_the_inbox_timer_picks_files_up_by_itself(home: Path) -> None:
     clock = FakeClock()
-    timers = {"inbox": Config().maintenance.timers["inbox"]}
-    assert timers["inbox"] == TimerConfig(kind="inbox.scan", interval_seconds=10, jitter_seconds=1)
-    config = Config(maintenance=MaintenanceConfig(timers=timers))
+    timers = {"inbox": TimerConfig(kind="inbox.scan", interval_seconds=10, jitter_seconds=1)}
+    config = Config(maintenance=MaintenanceConfig(timers=timers, start_delay_seconds=0))
     async with running_daemon(home, config, clock=clock) as daemon:
         drop(daemon, "docs.md", TASK)
         for _ in range(3):  # at least one slot and its jitter
@@ -271,4 +270,5 @@ async def test_a_markdown_sleep_job_with_text_runs_to_done(home) -> None:
         await wait_for_state(daemon, scan.id, JobState.DONE)
         (job,) = await daemon.hub.list_jobs(JobFilter(kind="sleep"))
         await wait_for_state(daemon, job.id, JobState.DONE)
+        assert job.payload_elided
         assert (await daemon.hub.get(job.id)).payload["text"].strip() == "Do the thing."

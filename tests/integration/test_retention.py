@@ -13,14 +13,14 @@ from interlock.config import Config, RetentionConfig
 from interlock.daemon import Daemon
 from interlock.domain import JobSpec, JobState
 from interlock.errors import UnknownJob
-from interlock.handlers import default_registry
+from interlock.maintenance import retention
+from interlock.maintenance.context import Probe
 from interlock.maintenance.retention import backup_name
-from tests.harness import running_daemon, wait_for_state
+from tests.harness import run_maintenance, wait_for_state
 
 pytestmark = pytest.mark.anyio
 
 DAY = 86_400.0
-START = 1_700_000_000.0
 
 
 async def done_noop(daemon: Daemon, parent_id: int | None = None) -> int:
@@ -30,12 +30,13 @@ async def done_noop(daemon: Daemon, parent_id: int | None = None) -> int:
 
 
 async def run_retention(daemon: Daemon) -> dict[str, Any]:
-    job = (await daemon.hub.submit(JobSpec(kind="store.retention"))).job
-    await wait_for_state(daemon, job.id, JobState.DONE, JobState.DEAD)
-    finished = await daemon.hub.get(job.id)
-    assert finished.state == JobState.DONE, finished.error
-    result: dict[str, Any] = finished.result
-    return result
+    return await run_maintenance(daemon, "store.retention")
+
+
+async def due(daemon: Daemon) -> bool:
+    return await retention.due(
+        Probe(daemon.hub.reads, daemon.config, daemon.clock, daemon.paths.state_dir)
+    )
 
 
 def rows(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -59,136 +60,129 @@ async def exists(daemon: Daemon, job_id: int) -> bool:
 
 
 async def test_old_finished_jobs_go_with_their_events_live_work_and_lineage_stay(
-    home: Path,
+    daemon: Daemon, clock: FakeClock
 ) -> None:
-    clock = FakeClock(START)
-    async with running_daemon(home, Config(), clock) as daemon:
-        hub = daemon.hub
-        await hub.set_paused("background", True)
-        # Old, finished, nobody points at them: pruned (a chain goes leaf first).
-        lone = await done_noop(daemon)
-        chain_root = await done_noop(daemon)
-        chain_leaf = await done_noop(daemon, parent_id=chain_root)
-        cancelled = (await hub.submit(JobSpec(kind="sleep", payload={"seconds": 1}))).job.id
-        await hub.cancel(cancelled)
-        # Old and finished, but a live job below them names them: kept.
-        root = await done_noop(daemon)
-        middle = await done_noop(daemon, parent_id=root)
-        live_leaf = (await hub.submit(JobSpec(kind="sleep", parent_id=middle))).job.id
-        # Old, but live: kept.
-        waiting = (await hub.submit(JobSpec(kind="sleep"))).job.id
-        clock.advance(31 * DAY)
-        recent = await done_noop(daemon)
+    hub = daemon.hub
+    await hub.set_paused("background", True)
+    # Old, finished, nobody points at them: pruned (a chain goes leaf first).
+    lone = await done_noop(daemon)
+    chain_root = await done_noop(daemon)
+    chain_leaf = await done_noop(daemon, parent_id=chain_root)
+    cancelled = (await hub.submit(JobSpec(kind="sleep", payload={"seconds": 1}))).job.id
+    await hub.cancel(cancelled)
+    # Old and finished, but a live job below them names them: kept.
+    root = await done_noop(daemon)
+    middle = await done_noop(daemon, parent_id=root)
+    live_leaf = (
+        await hub.submit(JobSpec(kind="sleep", payload={"seconds": 1}, parent_id=middle))
+    ).job.id
+    # Old, but live: kept.
+    waiting = (await hub.submit(JobSpec(kind="sleep", payload={"seconds": 1}))).job.id
+    clock.advance(31 * DAY)
+    recent = await done_noop(daemon)
+    assert await due(daemon)
 
-        result = await run_retention(daemon)
+    result = await run_retention(daemon)
 
-        gone = [lone, chain_root, chain_leaf, cancelled]
-        kept = [root, middle, live_leaf, waiting, recent]
-        assert [job_id for job_id in gone if await exists(daemon, job_id)] == []
-        assert [job_id for job_id in kept if not await exists(daemon, job_id)] == []
-        assert result["pruned_jobs"] == len(gone)
-        marks = ", ".join("?" * len(gone))
-        db = daemon.paths.db_path
-        assert rows(db, f"SELECT COUNT(*) FROM events WHERE job_id IN ({marks})", *gone) == [(0,)]
-        assert result["pruned_events"] == 3 * 3 + 2  # three done noops; a cancel has two
-        assert [job_id for job_id in kept if not await hub.events(job_id)] == []
-        chain = await hub.why(live_leaf)
-        assert [job.id for job in chain.chain] == [root, middle, live_leaf]
-        assert (await hub.get(waiting)).state == JobState.QUEUED
-
-
-async def test_nothing_inside_the_window_is_pruned(home: Path) -> None:
-    clock = FakeClock(START)
-    config = Config(retention=RetentionConfig(days=30, backups=0))
-    async with running_daemon(home, config, clock) as daemon:
-        jobs = [await done_noop(daemon) for _ in range(3)]
-        clock.advance(29 * DAY)
-        await done_noop(daemon)
-        result = await run_retention(daemon)
-        assert result["pruned_jobs"] == 0 and result["backup"] is None
-        assert [job_id for job_id in jobs if not await exists(daemon, job_id)] == []
-        assert not (home / "backups").exists()
+    gone = [lone, chain_root, chain_leaf, cancelled]
+    kept = [root, middle, live_leaf, waiting, recent]
+    assert [job_id for job_id in gone if await exists(daemon, job_id)] == []
+    assert [job_id for job_id in kept if not await exists(daemon, job_id)] == []
+    assert result["pruned_jobs"] == len(gone)
+    marks = ", ".join("?" * len(gone))
+    db = daemon.paths.db_path
+    assert rows(db, f"SELECT COUNT(*) FROM events WHERE job_id IN ({marks})", *gone) == [(0,)]
+    assert result["pruned_events"] == 3 * 3 + 2  # three done noops; a cancel has two
+    assert [job_id for job_id in kept if not await hub.events(job_id)] == []
+    chain = await hub.why(live_leaf)
+    assert [job.id for job in chain.chain] == [root, middle, live_leaf]
+    assert (await hub.get(waiting)).state == JobState.QUEUED
 
 
-async def test_pruning_goes_in_bounded_writes(home: Path) -> None:
-    clock = FakeClock(START)
-    async with running_daemon(home, Config(), clock) as daemon:
-        old = [await done_noop(daemon) for _ in range(5)]  # 1 job + 3 events each
-        clock.advance(31 * DAY)
-        await done_noop(daemon)  # the newest job always stays; this one is recent anyway
-        before = clock.now() - 30 * DAY
-        sizes = []
-        while (pruned := await daemon.hub.prune_finished(before, max_rows=9)).jobs:
-            sizes.append((pruned.jobs, pruned.events))
-        assert sizes == [(2, 6), (2, 6), (1, 3)]  # 8 rows, 8 rows, 4 rows: never more than 9
-        assert [job_id for job_id in old if await exists(daemon, job_id)] == []
-        # One job always goes, even when it alone is over the bound.
-        await done_noop(daemon)
-        clock.advance(31 * DAY)
-        await done_noop(daemon)
-        pruned = await daemon.hub.prune_finished(clock.now() - 30 * DAY, max_rows=1)
-        assert (pruned.jobs, pruned.events) == (1, 3)
-
-
-async def test_the_newest_job_stays_so_no_id_is_ever_reused(home: Path) -> None:
-    clock = FakeClock(START)
-    async with running_daemon(home, Config(), clock) as daemon:
-        first = await done_noop(daemon)
-        last = await done_noop(daemon)
-        clock.advance(31 * DAY)
-        pruned = await daemon.hub.prune_finished(clock.now() - 30 * DAY, max_rows=5000)
-        assert pruned.jobs == 1
-        assert not await exists(daemon, first) and await exists(daemon, last)
-        assert await done_noop(daemon) == last + 1
-
-
-async def test_backups_are_whole_databases_and_only_the_newest_generations_stay(
-    home: Path,
+@pytest.mark.daemon(config=Config(retention=RetentionConfig(days=30, backups=0)))
+async def test_nothing_inside_the_window_is_pruned_and_the_timer_makes_no_job(
+    daemon: Daemon, clock: FakeClock, home: Path
 ) -> None:
-    clock = FakeClock(START)
-    async with running_daemon(home, Config(), clock) as daemon:
-        old = [await done_noop(daemon) for _ in range(3)]
-        clock.advance(31 * DAY)
-        jobs_before = sum((await daemon.hub.counts()).values())
+    jobs = [await done_noop(daemon) for _ in range(3)]
+    clock.advance(29 * DAY)
+    await done_noop(daemon)
+    assert not await due(daemon)
+    result = await run_retention(daemon)
+    assert result["pruned_jobs"] == 0 and result["backup"] is None
+    assert [job_id for job_id in jobs if not await exists(daemon, job_id)] == []
+    assert not (home / "backups").exists()
+
+
+async def test_pruning_goes_in_bounded_writes(daemon: Daemon, clock: FakeClock) -> None:
+    old = [await done_noop(daemon) for _ in range(5)]  # 1 job + 3 events each
+    clock.advance(31 * DAY)
+    await done_noop(daemon)  # the newest job always stays; this one is recent anyway
+    before = clock.now() - 30 * DAY
+    sizes = []
+    while (pruned := await daemon.hub.prune_finished(before, max_rows=9)).jobs:
+        sizes.append((pruned.jobs, pruned.events))
+    assert sizes == [(2, 6), (2, 6), (1, 3)]  # 8 rows, 8 rows, 4 rows: never more than 9
+    assert [job_id for job_id in old if await exists(daemon, job_id)] == []
+    # One job always goes, even when it alone is over the bound.
+    await done_noop(daemon)
+    clock.advance(31 * DAY)
+    await done_noop(daemon)
+    pruned = await daemon.hub.prune_finished(clock.now() - 30 * DAY, max_rows=1)
+    assert (pruned.jobs, pruned.events) == (1, 3)
+
+
+async def test_the_newest_job_stays_so_no_id_is_ever_reused(
+    daemon: Daemon, clock: FakeClock
+) -> None:
+    first = await done_noop(daemon)
+    last = await done_noop(daemon)
+    clock.advance(31 * DAY)
+    pruned = await daemon.hub.prune_finished(clock.now() - 30 * DAY, max_rows=5000)
+    assert pruned.jobs == 1
+    assert not await exists(daemon, first) and await exists(daemon, last)
+    assert await done_noop(daemon) == last + 1
+
+
+async def test_backups_are_whole_databases_taken_daily_and_only_the_newest_stay(
+    daemon: Daemon, clock: FakeClock, home: Path
+) -> None:
+    old = [await done_noop(daemon) for _ in range(3)]
+    clock.advance(31 * DAY)
+    jobs_before = sum((await daemon.hub.counts()).values())
+    result = await run_retention(daemon)
+    first = Path(result["backup"])
+    assert first == home / "backups" / backup_name(clock.now())
+    # Taken before the pruning, while the retention job itself ran.
+    assert rows(first, "SELECT COUNT(*) FROM jobs") == [(jobs_before + 1,)]
+    assert rows(first, "SELECT COUNT(*) FROM jobs WHERE id IN (?, ?, ?)", *old) == [(3,)]
+    assert rows(first, "PRAGMA integrity_check") == [("ok",)]
+    assert rows(first, "PRAGMA journal_mode") == [("delete",)]  # one self-contained file
+    assert mode_of(first) == 0o600
+
+    clock.advance(3600)  # within the day: no new backup, nothing for the timer to do
+    assert not await due(daemon)
+    assert (await run_retention(daemon))["backup"] is None
+
+    times = [clock.now() - 3600]
+    for _ in range(4):
+        clock.advance(DAY)
+        times.append(clock.now())
+        assert await due(daemon)
         result = await run_retention(daemon)
-        first = Path(result["backup"])
-        assert first == home / "backups" / backup_name(clock.now())
-        # Taken before the pruning, while the retention job itself ran.
-        assert rows(first, "SELECT COUNT(*) FROM jobs") == [(jobs_before + 1,)]
-        assert rows(first, "SELECT COUNT(*) FROM jobs WHERE id IN (?, ?, ?)", *old) == [(3,)]
-        assert rows(first, "PRAGMA integrity_check") == [("ok",)]
-        assert rows(first, "PRAGMA journal_mode") == [("delete",)]  # one self-contained file
-        assert mode_of(first) == 0o600
-
-        times = [clock.now()]
-        for _ in range(4):
-            clock.advance(3600)
-            times.append(clock.now())
-            result = await run_retention(daemon)
-        names = sorted(path.name for path in (home / "backups").iterdir())
-        assert names == [backup_name(at) for at in times[-3:]]
-        assert result["backups_removed"] == [backup_name(times[-4])]
-        jobs_now = sum((await daemon.hub.counts()).values())
-        assert rows(home / "backups" / names[-1], "SELECT COUNT(*) FROM jobs") == [(jobs_now,)]
+    names = sorted(path.name for path in (home / "backups").iterdir())
+    assert names == [backup_name(at) for at in times[-3:]]
+    assert result["backups_removed"] == [backup_name(times[-4])]
+    jobs_now = sum((await daemon.hub.counts()).values())
+    assert rows(home / "backups" / names[-1], "SELECT COUNT(*) FROM jobs") == [(jobs_now,)]
 
 
-async def test_backup_generations_and_folder_are_configurable(home: Path) -> None:
-    clock = FakeClock(START)
-    config = Config(retention=RetentionConfig(backups=1, backup_dir="saved"))
-    async with running_daemon(home, config, clock) as daemon:
-        for _ in range(3):
-            await run_retention(daemon)
-            clock.advance(60)
-        assert [path.name for path in (home / "saved").iterdir()] == [backup_name(clock.now() - 60)]
-
-
-async def test_the_defaults_run_retention_hourly_with_its_own_kind(home: Path) -> None:
-    timer = Config().maintenance.timers["retention"]
-    assert (timer.kind, timer.interval_seconds, timer.jitter_seconds) == (
-        "store.retention",
-        3600,
-        60,
-    )
-    assert Config().kinds["store.retention"].lane == "maintenance"
-    assert "store.retention" in default_registry()
-    assert Config().retention == RetentionConfig(days=30, backups=3, backup_dir="")
+@pytest.mark.daemon(
+    config=Config(retention=RetentionConfig(backups=1, backup_dir="saved", backup_every_seconds=30))
+)
+async def test_backup_generations_interval_and_folder_are_configurable(
+    daemon: Daemon, clock: FakeClock, home: Path
+) -> None:
+    for _ in range(3):
+        await run_retention(daemon)
+        clock.advance(60)
+    assert [path.name for path in (home / "saved").iterdir()] == [backup_name(clock.now() - 60)]

@@ -59,11 +59,11 @@ class RawConnection:
         self.sock.close()
 
 
-async def test_200_concurrent_submits_of_one_key_give_one_job(daemon) -> None:
+async def test_200_concurrent_submits_of_one_key_give_one_job(daemon_process) -> None:
     results: list[Any] = []
 
     async def submit_once() -> None:
-        async with connect(daemon.socket_path) as (client, _):
+        async with connect(daemon_process.socket_path) as (client, _):
             spec = JobSpec(kind="sleep", payload={"seconds": 30}, key="one-key", reason="race")
             results.append(await client.submit(spec))
 
@@ -76,7 +76,7 @@ async def test_200_concurrent_submits_of_one_key_give_one_job(daemon) -> None:
     assert len(ids) == 1
     assert sum(not result.duplicate for result in results) == 1
     assert sum(result.duplicate for result in results) == 199
-    async with connect(daemon.socket_path) as (client, _):
+    async with connect(daemon_process.socket_path) as (client, _):
         detail = await client.get(ids.pop())
         duplicates = [event for event in detail.events if event.type == EventType.DUPLICATE]
         assert len(duplicates) == 199
@@ -89,8 +89,8 @@ def _all() -> Any:
     return JobFilter(limit=1000)
 
 
-def test_invalid_json_gets_a_parse_error_and_the_connection_lives_on(daemon) -> None:
-    conn = RawConnection(daemon.socket_path)
+def test_invalid_json_gets_a_parse_error_and_the_connection_lives_on(daemon_process) -> None:
+    conn = RawConnection(daemon_process.socket_path)
     conn.hello()
     conn.send(b'{"jsonrpc": "2.0", "id": 1, "method": \n')
     reply = conn.receive()
@@ -126,8 +126,10 @@ def test_invalid_json_gets_a_parse_error_and_the_connection_lives_on(daemon) -> 
         ),
     ],
 )
-def test_bad_requests_get_errors_that_name_the_problem(daemon, message, code, words) -> None:
-    conn = RawConnection(daemon.socket_path)
+def test_bad_requests_get_errors_that_name_the_problem(
+    daemon_process, message, code, words
+) -> None:
+    conn = RawConnection(daemon_process.socket_path)
     conn.hello()
     conn.send(message + b"\n")
     reply = conn.receive()
@@ -137,8 +139,8 @@ def test_bad_requests_get_errors_that_name_the_problem(daemon, message, code, wo
     conn.close()
 
 
-def test_requests_before_hello_are_refused(daemon) -> None:
-    conn = RawConnection(daemon.socket_path)
+def test_requests_before_hello_are_refused(daemon_process) -> None:
+    conn = RawConnection(daemon_process.socket_path)
     reply = conn.call("health")
     assert reply["error"]["code"] == -32003
     assert "hello" in reply["error"]["message"]
@@ -147,10 +149,10 @@ def test_requests_before_hello_are_refused(daemon) -> None:
     conn.close()
 
 
-def test_oversize_message_is_refused_and_others_keep_being_served(daemon) -> None:
-    bystander = RawConnection(daemon.socket_path)
+def test_oversize_message_is_refused_and_others_keep_being_served(daemon_process) -> None:
+    bystander = RawConnection(daemon_process.socket_path)
     bystander.hello()
-    offender = RawConnection(daemon.socket_path)
+    offender = RawConnection(daemon_process.socket_path)
     offender.hello()
     big = b'{"jsonrpc": "2.0", "id": 1, "method": "submit", "params": {"kind": "noop", "reason": "'
     offender.send(big + b"x" * (1024 * 1024 + 10) + b'"}}\n')
@@ -159,26 +161,26 @@ def test_oversize_message_is_refused_and_others_keep_being_served(daemon) -> Non
     assert "too large" in reply["error"]["message"] and "1048576" in reply["error"]["message"]
     assert offender.closed_by_peer()
     assert "result" in bystander.call("health")
-    fresh = RawConnection(daemon.socket_path)
+    fresh = RawConnection(daemon_process.socket_path)
     fresh.hello()
     assert "result" in fresh.call("health")
     for conn in (bystander, offender, fresh):
         conn.close()
 
 
-def test_a_client_that_vanishes_mid_message_does_not_hurt_the_daemon(daemon) -> None:
-    conn = RawConnection(daemon.socket_path)
+def test_a_client_that_vanishes_mid_message_does_not_hurt_the_daemon(daemon_process) -> None:
+    conn = RawConnection(daemon_process.socket_path)
     conn.hello()
     conn.send(b'{"jsonrpc": "2.0", "id": 1, "method": "sub')
     conn.close()
-    other = RawConnection(daemon.socket_path)
+    other = RawConnection(daemon_process.socket_path)
     other.hello()
     assert "result" in other.call("health")
     other.close()
 
 
-def test_socket_file_is_private_to_its_user(daemon) -> None:
-    mode = daemon.socket_path.stat().st_mode & 0o777
+def test_socket_file_is_private_to_its_user(daemon_process) -> None:
+    mode = daemon_process.socket_path.stat().st_mode & 0o777
     assert mode == 0o600
 
 
@@ -199,16 +201,16 @@ def test_a_peer_with_another_uid_is_refused_and_disconnected(make_daemon, home: 
     """With root available, connect as a different uid for real."""
     if os.getuid() != 0:
         pytest.fail("this test connects as another uid and needs root (CI runs as root)")
-    daemon = make_daemon().start()
+    daemon_process = make_daemon().start()
     home.chmod(0o755)  # let the other uid reach the socket file itself
-    daemon.socket_path.chmod(0o777)
+    daemon_process.socket_path.chmod(0o777)
     pid = os.fork()
     if pid == 0:  # the child becomes nobody and tries to talk
         code = 1
         try:
             os.setgid(65534)
             os.setuid(65534)
-            conn = RawConnection(daemon.socket_path)
+            conn = RawConnection(daemon_process.socket_path)
             reply = conn.receive()
             refused = "refused: uid 65534" in reply["error"]["message"]
             code = 0 if refused and conn.closed_by_peer() else 2
@@ -216,13 +218,13 @@ def test_a_peer_with_another_uid_is_refused_and_disconnected(make_daemon, home: 
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert "uid 65534" in daemon.log()
+    assert "uid 65534" in daemon_process.log()
 
 
-async def test_subscribers_see_every_committed_transition(daemon) -> None:
-    async with connect(daemon.socket_path) as (watcher, notes):
+async def test_subscribers_see_every_committed_transition(daemon_process) -> None:
+    async with connect(daemon_process.socket_path) as (watcher, notes):
         await watcher.subscribe()
-        async with connect(daemon.socket_path) as (client, _):
+        async with connect(daemon_process.socket_path) as (client, _):
             job = (await client.submit(JobSpec(kind="noop"))).job
         seen = []
         with anyio.fail_after(10):
@@ -233,30 +235,32 @@ async def test_subscribers_see_every_committed_transition(daemon) -> None:
         assert seen == [EventType.SUBMITTED, EventType.CLAIMED, EventType.FINISHED]
 
 
-async def test_remote_errors_reach_the_client_as_sentences(daemon) -> None:
-    async with connect(daemon.socket_path) as (client, _):
+async def test_remote_errors_reach_the_client_as_sentences(daemon_process) -> None:
+    async with connect(daemon_process.socket_path) as (client, _):
         with pytest.raises(RemoteError, match="no job with id 77"):
             await client.get(77)
         # and the connection is still good
         assert (await client.health()).status == "ok"
 
 
-def test_a_client_that_hangs_up_before_reading_its_reply_does_not_stop_the_daemon(daemon) -> None:
+def test_a_client_that_hangs_up_before_reading_its_reply_does_not_stop_the_daemon(
+    daemon_process,
+) -> None:
     for _ in range(20):
-        conn = RawConnection(daemon.socket_path)
+        conn = RawConnection(daemon_process.socket_path)
         hello = {"jsonrpc": "2.0", "id": 1, "method": "hello", "params": {"protocol": 1}}
         health = {"jsonrpc": "2.0", "id": 2, "method": "health", "params": {}}
         conn.send(json.dumps(hello).encode() + b"\n" + json.dumps(health).encode() + b"\n")
         conn.close()
-    survivor = RawConnection(daemon.socket_path)
+    survivor = RawConnection(daemon_process.socket_path)
     survivor.hello()
     assert "result" in survivor.call("health", id=3)
     survivor.close()
-    assert daemon.process is not None and daemon.process.poll() is None
+    assert daemon_process.process is not None and daemon_process.process.poll() is None
 
 
-def test_subscribing_twice_sends_each_notice_once(daemon) -> None:
-    conn = RawConnection(daemon.socket_path)
+def test_subscribing_twice_sends_each_notice_once(daemon_process) -> None:
+    conn = RawConnection(daemon_process.socket_path)
     conn.hello()
     assert "result" in conn.call("subscribe", id=2)
     assert "result" in conn.call("subscribe", id=3)
@@ -271,8 +275,8 @@ def test_subscribing_twice_sends_each_notice_once(daemon) -> None:
     conn.close()
 
 
-def test_a_notification_gets_no_reply_even_when_it_fails(daemon) -> None:
-    conn = RawConnection(daemon.socket_path)
+def test_a_notification_gets_no_reply_even_when_it_fails(daemon_process) -> None:
+    conn = RawConnection(daemon_process.socket_path)
     conn.hello()
     conn.send(b'{"jsonrpc": "2.0", "method": "explode"}\n')  # no id: a notification
     conn.send(b'{"jsonrpc": "2.0", "method": "cancel", "params": {"id": 999}}\n')

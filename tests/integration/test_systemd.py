@@ -38,13 +38,15 @@ def unit_settings() -> dict[str, list[str]]:
     return settings
 
 
-def wait_for(daemon: DaemonProcess, predicate: Callable[[list[str]], bool], seconds: float) -> None:
+def wait_for(
+    daemon_process: DaemonProcess, predicate: Callable[[list[str]], bool], seconds: float
+) -> None:
     """Poll the notifications until `predicate` holds; fail with what did arrive."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if predicate(daemon.read_notifications()):
+        if predicate(daemon_process.read_notifications()):
             return
-    raise AssertionError(f"not within {seconds}s; notifications: {daemon.notifications}")
+    raise AssertionError(f"not within {seconds}s; notifications: {daemon_process.notifications}")
 
 
 # -- the unit file ----------------------------------------------------------------------
@@ -103,11 +105,11 @@ def test_unit_declares_the_lifecycle_the_daemon_implements() -> None:
 # -- the daemon and its fake service manager ----------------------------------------
 
 
-def test_socket_accepts_a_connection_once_ready_has_arrived(daemon: DaemonProcess) -> None:
-    assert "READY=1" in daemon.notifications  # start() returns at READY=1, not later
+def test_socket_accepts_a_connection_once_ready_has_arrived(daemon_process: DaemonProcess) -> None:
+    assert "READY=1" in daemon_process.notifications  # start() returns at READY=1, not later
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
         client.settimeout(2)
-        client.connect(str(daemon.socket_path))
+        client.connect(str(daemon_process.socket_path))
 
 
 @pytest.mark.anyio
@@ -137,50 +139,50 @@ async def test_socket_already_listens_at_the_instant_ready_is_sent(
     assert connects == ["connected"]
 
 
-def test_status_arrives_in_the_same_message_as_ready(daemon: DaemonProcess) -> None:
-    fields = daemon.notifications
+def test_status_arrives_in_the_same_message_as_ready(daemon_process: DaemonProcess) -> None:
+    fields = daemon_process.notifications
     ready = fields.index("READY=1")
     # One datagram's fields are consecutive here, and nothing else was sent yet.
     assert fields[ready + 1].startswith("STATUS=ready"), fields
 
 
 def test_watchdog_pings_arrive_repeatedly_when_watchdog_usec_is_set(make_daemon: Any) -> None:
-    daemon = make_daemon(None, WATCHDOG_USEC="200000").start()
-    wait_for(daemon, lambda fields: fields.count("WATCHDOG=1") >= 4, seconds=2.5)
+    daemon_process = make_daemon(None, WATCHDOG_USEC="200000").start()
+    wait_for(daemon_process, lambda fields: fields.count("WATCHDOG=1") >= 4, seconds=2.5)
 
 
-def test_no_watchdog_pings_without_watchdog_usec(daemon: DaemonProcess) -> None:
+def test_no_watchdog_pings_without_watchdog_usec(daemon_process: DaemonProcess) -> None:
     # A ping every 0.1 s in the test above; none in 0.5 s here.
     deadline = time.monotonic() + 0.5
     while time.monotonic() < deadline:
-        assert "WATCHDOG=1" not in daemon.read_notifications()
+        assert "WATCHDOG=1" not in daemon_process.read_notifications()
 
 
 def test_sigterm_sends_stopping_exits_zero_and_removes_the_socket(
-    daemon: DaemonProcess,
+    daemon_process: DaemonProcess,
 ) -> None:
-    assert daemon.socket_path.exists()
-    assert daemon.process is not None
-    daemon.process.send_signal(signal.SIGTERM)
-    assert daemon.process.wait(timeout=10) == 0, daemon.log()
-    fields = daemon.read_notifications()
+    assert daemon_process.socket_path.exists()
+    assert daemon_process.process is not None
+    daemon_process.process.send_signal(signal.SIGTERM)
+    assert daemon_process.process.wait(timeout=10) == 0, daemon_process.log()
+    fields = daemon_process.read_notifications()
     assert "STOPPING=1" in fields
     assert any(field.startswith("EXTEND_TIMEOUT_USEC=") for field in fields), fields
-    assert not daemon.socket_path.exists()
+    assert not daemon_process.socket_path.exists()
 
 
 def test_watchdog_pings_go_on_while_draining_without_overwriting_the_stopping_status(
     make_daemon: Any, cli: Any
 ) -> None:
-    daemon = make_daemon("[daemon]\nshutdown_grace_seconds = 0.6\n", WATCHDOG_USEC="200000")
-    daemon.start()
+    daemon_process = make_daemon("[daemon]\nshutdown_grace_seconds = 0.6\n", WATCHDOG_USEC="200000")
+    daemon_process.start()
     submitted = cli("submit", "sleep", "--payload", '{"seconds": 30}')
     assert submitted.code == 0, submitted.err
-    wait_for(daemon, lambda fields: "STATUS=serving; 1 job(s) running" in fields, seconds=2)
-    assert daemon.process is not None
-    daemon.process.send_signal(signal.SIGTERM)
-    assert daemon.process.wait(timeout=10) == 0, daemon.log()
-    fields = daemon.read_notifications()
+    wait_for(daemon_process, lambda fields: "STATUS=serving; 1 job(s) running" in fields, seconds=2)
+    assert daemon_process.process is not None
+    daemon_process.process.send_signal(signal.SIGTERM)
+    assert daemon_process.process.wait(timeout=10) == 0, daemon_process.log()
+    fields = daemon_process.read_notifications()
     after_stopping = fields[fields.index("STOPPING=1") :]
     assert "STATUS=stopping; waiting up to 0.6s for 1 running job(s)" in after_stopping
     assert after_stopping.count("WATCHDOG=1") >= 2, fields
@@ -223,12 +225,12 @@ async def test_a_cancelled_daemon_still_closes_its_store(home: Path) -> None:
         return [t for t in threading.enumerate() if "_connection_worker_thread" in t.name]
 
     before = set(store_threads())
-    daemon = Daemon(Config(), resolve_paths(Config(), {"INTERLOCK_HOME": str(home)}))
+    daemon_process = Daemon(Config(), resolve_paths(Config(), {"INTERLOCK_HOME": str(home)}))
     async with anyio.create_task_group() as tasks:
-        await tasks.start(daemon.run)
+        await tasks.start(daemon_process.run)
         assert set(store_threads()) - before
         tasks.cancel_scope.cancel()
     for thread in set(store_threads()) - before:
         thread.join(timeout=2)
     assert not set(store_threads()) - before
-    assert not daemon.paths.socket_path.exists()
+    assert not daemon_process.paths.socket_path.exists()

@@ -2,38 +2,45 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from interlock.clock import FakeClock
-from interlock.config import Config, KindConfig
-from interlock.daemon import Daemon
-from interlock.domain import JobSpec, JobState
-from interlock.handlers import HandlerRegistry, JobContext, default_registry
-from interlock.ipc.client import RemoteError, connect
-from tests.harness import running_daemon, settle, wait_for_state
+from interlock.config import Config, KindConfig, TaxConfig
+from interlock.daemon import Daemon, builtin_kinds
+from interlock.domain import EventType, JobFilter, JobSpec, JobState, Usage
+from interlock.handlers import Done, JobContext, KindRegistry
+from interlock.ipc.client import Client, RemoteError
+from tests.harness import run_maintenance, settle, wait_for_state
 
 pytestmark = pytest.mark.anyio
 
 DAY = 86_400.0
 
 
-def spending_registry() -> HandlerRegistry:
+def spending_kinds() -> KindRegistry:
     """`spend` reports its payload as the usage a provider would have recorded."""
-    registry = default_registry()
+    kinds = builtin_kinds()
 
-    async def spend(ctx: JobContext) -> dict[str, Any]:
-        return {"usage": ctx.job.payload}
+    async def spend(ctx: JobContext) -> Done:
+        return Done(usage=Usage.model_validate(ctx.payload))
 
-    registry.register("spend", spend)
-    return registry
+    kinds.register("spend", spend)
+    return kinds
 
 
-def config() -> Config:
+def config(**tax: Any) -> Config:
     base = Config()
-    return base.model_copy(update={"kinds": base.kinds | {"spend": KindConfig(lane="interactive")}})
+    return base.model_copy(
+        update={
+            "kinds": base.kinds | {"spend": KindConfig(lane="interactive")},
+            "tax": TaxConfig(**tax),
+        }
+    )
+
+
+SPENDING = pytest.mark.daemon(config=config(), kinds=spending_kinds())
 
 
 FEATURE = [
@@ -66,13 +73,13 @@ async def seed(daemon: Daemon, clock: FakeClock) -> list[int]:
     return ids
 
 
-async def test_tax_over_the_socket_gives_the_exact_shares(home: Path) -> None:
-    clock = FakeClock()
-    async with running_daemon(home, config(), clock, spending_registry()) as daemon:
-        await seed(daemon, clock)
-        async with connect(daemon.paths.socket_path) as (client, _):
-            raw = await client.call("tax", {"since_seconds": DAY})
-            report = await client.tax(DAY, by="kind")
+@SPENDING
+async def test_tax_over_the_socket_gives_the_exact_shares(
+    daemon: Daemon, clock: FakeClock, client: Client
+) -> None:
+    await seed(daemon, clock)
+    raw = await client.call("tax", {"since_seconds": DAY})
+    report = await client.tax(DAY, by="kind")
 
     assert raw["totals"] == {
         "jobs": 10,
@@ -94,7 +101,8 @@ async def test_tax_over_the_socket_gives_the_exact_shares(home: Path) -> None:
         "cost": 0.75,
     }
     assert raw["maintenance"]["totals"]["jobs_per_day"] == 4.0
-    assert raw["budget"] == 0.6 and raw["over_budget"] is False
+    # Maintenance spent 25% of time, tokens and cost: within the 60% budget.
+    assert raw["budget"] == 0.6 and raw["over_budget"] is False and raw["over_budget_on"] == []
     assert raw["groups"] == []
 
     groups = {(group.job_class.value, group.name): group.totals for group in report.groups}
@@ -112,19 +120,20 @@ async def test_tax_over_the_socket_gives_the_exact_shares(home: Path) -> None:
     assert groups["feature", "noop"].jobs == 3
 
 
-async def test_the_window_counts_only_jobs_created_inside_it(home: Path) -> None:
-    clock = FakeClock()
-    async with running_daemon(home, config(), clock, spending_registry()) as daemon:
-        await seed(daemon, clock)
-        clock.advance(2 * DAY)
-        job = (await daemon.hub.submit(JobSpec(kind="noop", lane="maintenance"))).job
-        await wait_for_state(daemon, job.id, JobState.DONE)
-        last_day = await daemon.hub.tax(DAY)
-        last_week = await daemon.hub.tax(7 * DAY, by="lane")
+@SPENDING
+async def test_the_window_counts_only_jobs_created_inside_it(
+    daemon: Daemon, clock: FakeClock
+) -> None:
+    await seed(daemon, clock)
+    clock.advance(2 * DAY)
+    job = (await daemon.hub.submit(JobSpec(kind="noop", lane="maintenance"))).job
+    await wait_for_state(daemon, job.id, JobState.DONE)
+    last_day = await daemon.hub.tax(DAY)
+    last_week = await daemon.hub.tax(7 * DAY, by="lane")
 
     assert last_day.totals.jobs == 1
     assert last_day.maintenance.shares.jobs == 1.0
-    assert last_day.over_budget  # 100% maintenance, over the default 60% budget
+    assert not last_day.over_budget  # all maintenance, but no feature work to weigh it by
     assert last_week.totals.jobs == 11
     assert last_week.maintenance.shares.jobs == 5 / 11
     assert last_week.totals.jobs_per_day == 11 / 7
@@ -137,14 +146,12 @@ async def test_the_window_counts_only_jobs_created_inside_it(home: Path) -> None
     }
 
 
-async def test_a_configured_maintenance_kind_counts_as_maintenance(home: Path) -> None:
-    clock = FakeClock()
-    cfg = config().model_copy(
-        update={"tax": Config().tax.model_copy(update={"maintenance_kinds": ("spend",)})}
-    )
-    async with running_daemon(home, cfg, clock, spending_registry()) as daemon:
-        await seed(daemon, clock)
-        report = await daemon.hub.tax(DAY, by="kind")
+@pytest.mark.daemon(config=config(maintenance_kinds=("spend",)), kinds=spending_kinds())
+async def test_a_configured_maintenance_kind_counts_as_maintenance(
+    daemon: Daemon, clock: FakeClock
+) -> None:
+    await seed(daemon, clock)
+    report = await daemon.hub.tax(DAY, by="kind")
     # spend (both) and the maintenance lane's noop and sleep; stalls.scan is no longer listed.
     assert report.maintenance.totals.jobs == 4
     assert report.maintenance.shares.cost == 1.0
@@ -153,13 +160,12 @@ async def test_a_configured_maintenance_kind_counts_as_maintenance(home: Path) -
     }
 
 
-async def test_the_health_snapshot_carries_the_tax_of_the_last_day(home: Path) -> None:
-    clock = FakeClock()
-    async with running_daemon(home, config(), clock, spending_registry()) as daemon:
-        await seed(daemon, clock)
-        job = (await daemon.hub.submit(JobSpec(kind="health.snapshot"))).job
-        await wait_for_state(daemon, job.id, JobState.DONE)
-        snapshot = (await daemon.hub.get(job.id)).result
+@SPENDING
+async def test_the_health_snapshot_carries_the_tax_of_the_last_day(
+    daemon: Daemon, clock: FakeClock
+) -> None:
+    await seed(daemon, clock)
+    snapshot = await run_maintenance(daemon, "health.snapshot")
     # The snapshot counts itself: 11 jobs, 5 of them maintenance.
     assert snapshot["tax"]["jobs"] == 11
     assert snapshot["tax"]["maintenance"]["jobs"] == 5 / 11
@@ -167,14 +173,45 @@ async def test_the_health_snapshot_carries_the_tax_of_the_last_day(home: Path) -
     assert snapshot["tax"]["budget"] == 0.6 and snapshot["tax"]["over_budget"] is False
 
 
-async def test_bad_tax_params_are_refused_with_a_reason(home: Path) -> None:
-    async with (
-        running_daemon(home, config(), FakeClock()) as daemon,
-        connect(daemon.paths.socket_path) as (client, _),
-    ):
-        with pytest.raises(RemoteError, match="by") as caught:
-            await client.call("tax", {"by": "colour"})
-        assert "bad params for tax" in str(caught.value)
+async def snapshot_events(daemon: Daemon) -> list[Any]:
+    await run_maintenance(daemon, "health.snapshot")
+    (job,) = await daemon.hub.list_jobs(JobFilter(kind="health.snapshot", limit=1))
+    return [e for e in await daemon.hub.events(job.id) if e.type == EventType.BUDGET_EXCEEDED]
+
+
+async def test_an_idle_daemon_is_never_over_budget(daemon: Daemon) -> None:
+    for _ in range(20):  # maintenance only: every share is maintenance's
+        await run_maintenance(daemon, "stalls.scan")
+    assert not (await daemon.hub.tax(DAY)).over_budget
+    assert await snapshot_events(daemon) == []
+
+
+@pytest.mark.daemon(config=config(min_feature_jobs=3), kinds=spending_kinds())
+async def test_maintenance_spending_past_its_budget_is_a_warning_on_the_snapshot(
+    daemon: Daemon, clock: FakeClock
+) -> None:
+    for _ in range(2):  # feature work, but not enough to judge by
+        await daemon.hub.submit(JobSpec(kind="spend", payload={"tokens": 10, "cost": 0.01}))
+    await settle(daemon)
+    heavy = JobSpec(kind="spend", lane="maintenance", payload={"tokens": 900, "cost": 0.9})
+    await daemon.hub.submit(heavy)
+    await settle(daemon)
+    assert await snapshot_events(daemon) == []  # two feature jobs: no verdict yet
+
+    await daemon.hub.submit(JobSpec(kind="spend", payload={"tokens": 10, "cost": 0.01}))
+    await settle(daemon)
+    report = await daemon.hub.tax(DAY)
+    assert report.over_budget and report.over_budget_on == ["tokens", "cost"]
+    (warning,) = await snapshot_events(daemon)
+    assert warning.note.startswith("maintenance took 97% of tokens, 97% of cost in the last 24 h")
+    assert "over its budget of 60%" in warning.note and "3 feature jobs" in warning.note
+
+
+@SPENDING
+async def test_bad_tax_params_are_refused_with_a_reason(client: Client) -> None:
+    with pytest.raises(RemoteError, match="by") as caught:
+        await client.call("tax", {"by": "colour"})
+    assert "bad params for tax" in str(caught.value)
 
 
 def test_tax_on_the_command_line(make_daemon: Any, cli: Any) -> None:

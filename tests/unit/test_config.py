@@ -10,7 +10,14 @@ from typing import Any, get_args, get_origin
 import pytest
 from pydantic import BaseModel
 
-from interlock.config import Config, RetryPolicy, config_path, load_config, resolve_paths
+from interlock.config import (
+    Config,
+    RetryPolicy,
+    check_kinds,
+    config_path,
+    load_config,
+    resolve_paths,
+)
 from interlock.errors import ConfigError
 
 SAMPLE = Path(__file__).resolve().parents[2] / "config" / "interlock.toml"
@@ -177,8 +184,9 @@ def test_bad_lane_name_points_at_its_table(tmp_path):
 
 
 def test_missing_lane_key_points_at_the_lane_table(tmp_path):
+    # urgent is built in: its table changes its rank and keeps the rest; fast is new.
     message = error_of(tmp_path, "[lanes.urgent]\nrank = 0\n\n[lanes.fast]\nrank = 0\n")
-    assert message.splitlines()[2:] == [
+    assert message.splitlines() == [
         f"{tmp_path / 'interlock.toml'}: lanes.fast.concurrency: required, but not set (line 4)",
         f"{tmp_path / 'interlock.toml'}: lanes.fast.max_depth: required, but not set (line 4)",
     ]
@@ -278,6 +286,58 @@ def test_lane_for_uses_the_kinds_lane_else_the_default_lane(tmp_path):
     assert config.lane_for("review") == "background"  # configured, but no lane of its own
     assert config.lane_for("other") == "background"
     assert Config().lane_for("noop") == "interactive"
+
+
+# -- tables merge over the built-in ones -----------------------------------------------------
+
+
+def test_a_kind_table_changes_only_what_it_names_and_keeps_the_built_in_kinds(tmp_path):
+    config = load_text(
+        tmp_path, "[kinds.noop]\nmax_attempts = 5\n\n[kinds.mine]\nlane = 'urgent'\n"
+    )
+    assert config.lane_for("noop") == "interactive"  # kept from the built-in noop
+    assert config.retry_policy("noop").max_attempts == 5
+    assert config.key_window("health.snapshot") == 86_400.0  # other kinds untouched
+    assert config.lane_for("mine") == "urgent"
+    assert set(Config().kinds) < set(config.kinds)
+
+
+def test_a_lane_table_for_a_built_in_lane_changes_only_what_it_names(tmp_path):
+    config = load_text(tmp_path, "[lanes.urgent]\nconcurrency = 8\n")
+    assert config.lanes["urgent"].concurrency == 8
+    assert config.lanes["urgent"].max_depth == Config().lanes["urgent"].max_depth
+    assert set(config.lanes) == set(Config().lanes)
+
+
+def test_a_timer_table_merges_and_a_cron_replaces_the_interval(tmp_path):
+    config = load_text(
+        tmp_path,
+        "[maintenance.timers.stalls]\nenabled = false\n\n"
+        "[maintenance.timers.retention]\ncron = '30 3 * * *'\njitter_seconds = 10\n",
+    )
+    timers = config.maintenance.timers
+    assert not timers["stalls"].enabled and timers["stalls"].interval_seconds == 30
+    assert timers["retention"].cron == "30 3 * * *" and timers["retention"].interval_seconds is None
+    assert timers["retention"].kind == "store.retention"
+    assert set(timers) == set(Config().maintenance.timers)
+
+
+def test_kinds_named_in_config_without_a_handler_are_each_refused(tmp_path):
+    config = load_text(
+        tmp_path,
+        "[kinds.ghost]\nlane = 'urgent'\n\n"
+        "[maintenance.timers.beat]\nkind = 'phantom'\ninterval_seconds = 60\n\n"
+        "[projects.docs]\ngoal = 'Docs'\nnext_kind = 'spectre'\n",
+    )
+    with pytest.raises(ConfigError) as caught:
+        check_kinds(config, {"noop", *Config().kinds})
+    lines = caught.value.message.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "kinds.ghost",
+        "maintenance.timers.beat.kind",
+        "projects.docs.next_kind",
+    ]
+    check_kinds(Config(), set(Config().kinds))  # the built-in config names only real kinds
 
 
 # -- paths -----------------------------------------------------------------------------------

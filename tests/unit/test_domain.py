@@ -53,6 +53,8 @@ def test_trusted_construction_equals_validated_model() -> None:
         "attempts": 1, "max_attempts": 3, "not_before": 1.0, "lease_holder": "h",
         "lease_expires_at": 2.0, "heartbeat_at": 1.5, "result": None, "error": None,
         "created_at": 1.0, "updated_at": 1.5, "started_at": 1.5, "finished_at": None,
+        "tokens": 10, "cost": 0.5, "progress": "half", "crashes": 1, "deferrals": 2,
+        "payload_elided": False,
     }  # fmt: skip
     fast = trusted(Job, dict(values))
     checked = Job.model_validate(values)

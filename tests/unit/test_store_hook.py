@@ -9,7 +9,7 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
-from interlock.store.sqlite import SQLiteStore
+from interlock.store.engine import Engine
 
 pytestmark = pytest.mark.anyio
 
@@ -20,16 +20,16 @@ def test_aiosqlite_still_has_the_hook_the_store_uses() -> None:
 
 
 async def test_a_function_runs_on_the_connection_thread_in_one_call(home: Path) -> None:
-    store = SQLiteStore(home / "x.db")
-    await store.open()
+    engine = Engine(home / "x.db")
+    await engine.open()
     try:
-        assert store._writer is not None
-        thread = await store._run(store._writer, lambda conn: threading.current_thread())
+        writer = engine._connection(engine._writer)
+        thread = await engine._run(writer, lambda conn: threading.current_thread())
         assert thread is not threading.current_thread()
-        version = await store._run(
-            store._writer, lambda conn: conn.execute("PRAGMA user_version").fetchone()[0]
+        version = await engine._run(
+            writer, lambda conn: conn.execute("PRAGMA user_version").fetchone()[0]
         )
         assert version >= 1  # migrations ran
-        assert store.idle
+        assert engine.idle
     finally:
-        await store.close()
+        await engine.close()

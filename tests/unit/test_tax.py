@@ -7,11 +7,12 @@ import argparse
 import pytest
 
 from interlock.cli import _duration
-from interlock.config import GovernorConfig
+from interlock.config import GovernorConfig, TaxConfig
 from interlock.maintenance.governor import failure_finding
 from interlock.tax import JobClass, UsageRow, classify, summarize
 
 KINDS = ("health.snapshot",)
+POLICY_60 = TaxConfig(maintenance_kinds=KINDS, maintenance_budget=0.6, min_feature_jobs=2)
 
 
 def row(lane: str, kind: str, jobs: int, **usage: float) -> UsageRow:
@@ -33,16 +34,31 @@ def test_a_job_is_maintenance_by_its_lane_or_its_kind() -> None:
 
 
 def test_an_empty_window_has_zero_shares_and_is_within_budget() -> None:
-    report = summarize([], 0.0, 86_400.0, KINDS, budget=0.6)
+    report = summarize([], 0.0, 86_400.0, POLICY_60)
     assert report.totals.jobs == 0
     assert report.maintenance.shares.jobs == 0.0 and report.feature.shares.cost == 0.0
     assert not report.over_budget
 
 
+def test_the_budget_weighs_time_tokens_and_cost_not_the_count_of_jobs() -> None:
+    many_cheap = [row("maintenance", "noop", 90, wall=9), row("urgent", "noop", 10, wall=91)]
+    report = summarize(many_cheap, 0.0, 86_400.0, POLICY_60)
+    assert report.maintenance.shares.jobs == 0.9 and not report.over_budget
+
+
 def test_the_budget_is_exceeded_only_past_it() -> None:
-    rows = [row("maintenance", "noop", 3), row("urgent", "noop", 2)]
-    assert not summarize(rows, 0.0, 86_400.0, KINDS, budget=0.6).over_budget  # 60%: at it
-    assert summarize(rows, 0.0, 86_400.0, KINDS, budget=0.5).over_budget
+    rows = [row("maintenance", "noop", 3, wall=6, cost=3), row("urgent", "noop", 2, wall=4, cost=2)]
+    at_it = summarize(rows, 0.0, 86_400.0, POLICY_60)  # 60% of the time: at it, not past
+    assert not at_it.over_budget and at_it.over_budget_on == []
+    past = summarize(rows, 0.0, 86_400.0, POLICY_60.model_copy(update={"maintenance_budget": 0.5}))
+    assert past.over_budget and past.over_budget_on == ["wall_seconds", "cost"]
+
+
+def test_no_verdict_before_enough_feature_work() -> None:
+    rows = [row("maintenance", "noop", 3, wall=60), row("urgent", "noop", 1, wall=1)]
+    assert not summarize(rows, 0.0, 86_400.0, POLICY_60).over_budget  # one feature job of two
+    rows.append(row("urgent", "noop", 1, wall=1))
+    assert summarize(rows, 0.0, 86_400.0, POLICY_60).over_budget
 
 
 def test_shares_and_jobs_per_day() -> None:
@@ -50,7 +66,7 @@ def test_shares_and_jobs_per_day() -> None:
         row("maintenance", "noop", 1, wall=10, tokens=5, cost=0.5),
         row("urgent", "noop", 3, wall=30, tokens=15, cost=1.5),
     ]
-    report = summarize(rows, 0.0, 2 * 86_400.0, KINDS, budget=0.6)
+    report = summarize(rows, 0.0, 2 * 86_400.0, POLICY_60)
     assert report.maintenance.shares.model_dump() == {
         "jobs": 0.25,
         "wall_seconds": 0.25,

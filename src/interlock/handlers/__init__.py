@@ -1,65 +1,28 @@
-"""What a job of each kind does: the registry from kind to handler, and a handler's context."""
+"""What a job of each kind does: the handler's context, its outcomes, the kind registry.
 
-from __future__ import annotations
+This is the small public API for handler authors:
 
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+    async def handler(ctx: JobContext) -> Done | Retry | Fail | <any JSON value>
 
-from interlock.clock import Clock
-from interlock.domain import Job
-from interlock.hub import Hub
+A plain return value is the job's result. `Retry` runs the job again later
+(`charge_attempt=False` when it is not the job's fault); `Fail` ends it for
+good. `RetryLater` and `PermanentFailure` say the same when raised from deep
+inside; any other exception is a failed attempt, retried by the kind's policy.
+"""
 
+from interlock.domain import Done, Fail, PermanentFailure, Retry, RetryLater, Usage
+from interlock.handlers.context import JobContext
+from interlock.handlers.registry import Handler, Kind, KindRegistry
 
-@dataclass(frozen=True)
-class JobContext:
-    """What a handler gets: its job, the clock, a way to say it is alive, a folder for artifacts."""
-
-    job: Job
-    clock: Clock
-    heartbeat: Callable[[], Awaitable[bool]]
-    lease_seconds: float
-    artifacts_root: Path
-    hub: Hub  # maintenance kinds read and act through it, like every other part
-
-    @property
-    def artifacts_dir(self) -> Path:
-        """<state>/artifacts/<job id>/: where the job may leave files (create it when needed)."""
-        return self.artifacts_root / str(self.job.id)
-
-
-Handler = Callable[[JobContext], Awaitable[Any]]
-
-
-class HandlerRegistry(Mapping[str, Handler]):
-    """Job kind -> handler. A kind with no handler cannot be submitted."""
-
-    def __init__(self) -> None:
-        self._handlers: dict[str, Handler] = {}
-
-    def register(self, kind: str, handler: Handler) -> None:
-        """Add a handler; a kind has exactly one."""
-        if kind in self._handlers:
-            raise ValueError(f"job kind {kind!r} already has a handler")
-        self._handlers[kind] = handler
-
-    def __getitem__(self, kind: str) -> Handler:
-        return self._handlers[kind]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._handlers)
-
-    def __len__(self) -> int:
-        return len(self._handlers)
-
-
-def default_registry() -> HandlerRegistry:
-    """Every built-in kind."""
-    from interlock import maintenance
-    from interlock.handlers import diagnostics
-
-    registry = HandlerRegistry()
-    diagnostics.register(registry)
-    maintenance.register(registry)
-    return registry
+__all__ = [
+    "Done",
+    "Fail",
+    "Handler",
+    "JobContext",
+    "Kind",
+    "KindRegistry",
+    "PermanentFailure",
+    "Retry",
+    "RetryLater",
+    "Usage",
+]

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from interlock.errors import BadRequest
-from interlock.handlers import HandlerRegistry, JobContext
+from interlock.handlers.context import JobContext
+from interlock.handlers.registry import KindRegistry
 
 
 class SleepPayload(BaseModel):
-    """`sleep` sleeps this long, heartbeating; `fail` makes it raise afterwards (for tests)."""
+    """`sleep` sleeps this long; `fail` makes it raise afterwards (for tests)."""
 
     # Other keys are the submitter's own (an inbox file's text, say).
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     seconds: float = Field(ge=0, le=7 * 24 * 3600)
     fail: str | None = None
@@ -26,24 +26,16 @@ async def noop(ctx: JobContext) -> dict[str, Any]:
 
 
 async def sleep(ctx: JobContext) -> dict[str, Any]:
-    """Sleeps for payload.seconds by the job's clock, heartbeating a few times per lease."""
-    try:
-        payload = SleepPayload.model_validate(ctx.job.payload)
-    except ValidationError as exc:
-        raise BadRequest(f"sleep payload: {exc.errors()[0]['msg']}") from exc
+    """Sleeps for payload.seconds by the job's clock; the lane runner keeps its lease."""
+    payload = SleepPayload.model_validate(ctx.payload)
     started = ctx.clock.now()
-    deadline = started + payload.seconds
-    beat = max(ctx.lease_seconds / 3, 0.01)
-    while (now := ctx.clock.now()) < deadline:
-        await ctx.clock.sleep_until(min(deadline, now + beat))
-        if ctx.clock.now() < deadline:
-            await ctx.heartbeat()
+    await ctx.clock.sleep_until(started + payload.seconds)
     if payload.fail:
         raise RuntimeError(payload.fail)
     return {"slept": round(ctx.clock.now() - started, 3)}
 
 
-def register(registry: HandlerRegistry) -> None:
+def register(registry: KindRegistry) -> None:
     """Add the diagnostic kinds."""
     registry.register("noop", noop)
-    registry.register("sleep", sleep)
+    registry.register("sleep", sleep, payload=SleepPayload)

@@ -23,28 +23,32 @@ from __future__ import annotations
 
 from typing import Any
 
-from interlock.handlers import JobContext
+from interlock.maintenance.context import MaintenanceContext, Probe
 
 KIND = "priority.age"
 # Events per write: one short transaction, however deep the lane.
 BATCH_ROWS = 5000
 
 
-async def age(ctx: JobContext) -> dict[str, Any]:
+async def due(probe: Probe) -> bool:
+    """A queued job that has waited at least one aging step of its lane."""
+    now = probe.clock.now()
+    for lane, settings in probe.config.lanes.items():
+        if await probe.reads.any_queued_since(lane, now - settings.aging_seconds):
+            return True
+    return False
+
+
+async def age(ctx: MaintenanceContext) -> dict[str, Any]:
     """Record an `aged` event on every queued job that waited past another aging step."""
     now = ctx.clock.now()  # one instant for every batch, so the passes converge
-    beat_every = ctx.lease_seconds / 3
-    last_beat = ctx.clock.now()
     aged: dict[str, int] = {}  # lane -> events recorded (counts: a deep lane has thousands)
-    for lane in ctx.hub.config.lanes:
+    for lane in ctx.config.lanes:
         while True:
             ids = await ctx.hub.record_aging(lane, now, BATCH_ROWS)
             if ids:
                 aged[lane] = aged.get(lane, 0) + len(ids)
-            if ctx.clock.now() - last_beat >= beat_every:
-                if not await ctx.heartbeat():
-                    return {"aged": aged, "stopped": "the job is no longer ours"}
-                last_beat = ctx.clock.now()
+                ctx.progress(f"aged {sum(aged.values())} job(s)")
             if len(ids) < BATCH_ROWS:
                 break
     return {"aged": aged}

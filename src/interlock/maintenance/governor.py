@@ -2,10 +2,10 @@
 
 A lane whose recent attempts fail too often, or that spends past the day's
 limit, is paused until a person resumes it: a system that is failing fast
-should stop and ask, not retry harder. Maintenance taking more than its
-budgeted share of the jobs is a warning, not a pause. Each finding is an
-event on the governor's own job; the pause itself carries the reason that
-`interlock lanes` and `interlock health` show.
+should stop and ask, not retry harder. Each finding is an event on the
+governor's own job and a warning in the log; the pause itself carries the
+reason that `interlock lanes` and `interlock health` show. (The tax budget
+is weighed by the health snapshot.)
 
 Failures that happened before a person resumed a lane do not count again:
 the window of a resumed lane starts at its resume.
@@ -13,14 +13,25 @@ the window of a resumed lane starts at its resume.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from interlock.config import GovernorConfig
 from interlock.domain import EventType
-from interlock.handlers import JobContext
-from interlock.tax import DAY, MAINTENANCE_LANE, TaxReport
+from interlock.maintenance.context import MaintenanceContext, Probe
+from interlock.tax import DAY, MAINTENANCE_LANE
+
+log = logging.getLogger(__name__)
 
 KIND = "governor"
+
+
+async def due(probe: Probe) -> bool:
+    """A failed attempt inside the window, or a daily cost limit to watch."""
+    policy = probe.config.governor
+    if policy.daily_cost_limit > 0:
+        return True
+    return await probe.reads.any_failure_since(probe.clock.now() - policy.window_seconds)
 
 
 def _span(seconds: float) -> str:
@@ -65,30 +76,18 @@ def failure_finding(
     return None
 
 
-def budget_finding(report: TaxReport) -> str | None:
-    """A sentence when maintenance took more than its budgeted share of the jobs, or None."""
-    if not report.over_budget:
-        return None
-    share = report.maintenance.shares.jobs
-    return (
-        f"maintenance took {share:.0%} of the {report.totals.jobs} jobs of the last"
-        f" {_span(report.until - report.since)}, over its budget of {report.budget:.0%}"
-        " (tax.maintenance_budget)"
-    )
-
-
-async def govern(ctx: JobContext) -> dict[str, Any]:
-    """Pause lanes failing or spending past their limits; warn when maintenance is over budget."""
+async def govern(ctx: MaintenanceContext) -> dict[str, Any]:
+    """Pause lanes failing or spending past their limits."""
     hub = ctx.hub
-    policy = hub.config.governor
+    policy = ctx.config.governor
     now = ctx.clock.now()
     window_start = now - policy.window_seconds
     midnight = now - now % DAY  # UTC: Unix time has no leap seconds
-    resumed = await hub.store.lanes_resumed_at()
+    resumed = await ctx.reads.lanes_resumed_at()
 
     spent_today = 0.0
     if policy.daily_cost_limit > 0:
-        spent_today = sum(row.cost for row in await hub.store.usage(midnight, now))
+        spent_today = sum(row.cost for row in await ctx.reads.usage(midnight, now))
 
     attempts: dict[str, dict[str, int]] = {}
     findings: dict[str, str] = {}
@@ -96,7 +95,7 @@ async def govern(ctx: JobContext) -> dict[str, Any]:
         if lane.name == MAINTENANCE_LANE or lane.paused:
             continue
         after = max(window_start, resumed.get(lane.name, window_start))
-        outcomes = await hub.store.attempt_outcomes(lane.name, after)
+        outcomes = await ctx.reads.attempt_outcomes(lane.name, after)
         attempts[lane.name] = {
             "finished": sum(counts[0] for counts in outcomes.values()),
             "failed": sum(counts[1] for counts in outcomes.values()),
@@ -106,7 +105,10 @@ async def govern(ctx: JobContext) -> dict[str, Any]:
             finding = await _spend_finding(ctx, lane.name, spent_today, midnight, resumed, now)
         if finding is not None:
             findings[lane.name] = finding
-            await hub.set_paused(lane.name, True, f"governor: {finding}")
+            await hub.set_paused(
+                lane.name, True, f"governor: {finding}", actor=f"governor (job {ctx.job.id})"
+            )
+            log.warning("the governor paused lane %s: %s", lane.name, finding)
 
     if findings:
         await hub.note(
@@ -114,21 +116,11 @@ async def govern(ctx: JobContext) -> dict[str, Any]:
             EventType.LANE_PAUSED,
             "; ".join(f"paused lane {lane}: {finding}" for lane, finding in findings.items()),
         )
-    report = await hub.tax(DAY)
-    warning = budget_finding(report)
-    if warning is not None:
-        await hub.note(ctx.job.id, EventType.BUDGET_EXCEEDED, warning)
-    return {
-        "paused": findings,
-        "attempts": attempts,
-        "spent_today": spent_today,
-        "maintenance_share": report.maintenance.shares.jobs,
-        "over_budget": report.over_budget,
-    }
+    return {"paused": findings, "attempts": attempts, "spent_today": spent_today}
 
 
 async def _spend_finding(
-    ctx: JobContext,
+    ctx: MaintenanceContext,
     lane: str,
     spent_today: float,
     midnight: float,
@@ -137,10 +129,10 @@ async def _spend_finding(
 ) -> str | None:
     """The day's spend is past the limit: pause the lane if it spent since it was last opened."""
     since = max(midnight, resumed.get(lane, midnight))
-    lane_spend = sum(row.cost for row in await ctx.hub.store.usage(since, now) if row.lane == lane)
+    lane_spend = sum(row.cost for row in await ctx.reads.usage(since, now) if row.lane == lane)
     if lane_spend <= 0:
         return None
-    limit = ctx.hub.config.governor.daily_cost_limit
+    limit = ctx.config.governor.daily_cost_limit
     return (
         f"spent {spent_today:.2f} today (UTC) > daily limit {limit:.2f}"
         f" (governor.daily_cost_limit; this lane {lane_spend:.2f})"

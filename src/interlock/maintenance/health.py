@@ -1,7 +1,14 @@
-"""health.snapshot: how the daemon is doing, kept as the job's result for `interlock health`."""
+"""health.snapshot: how the daemon is doing, kept as the job's result for `interlock health`.
+
+It also weighs the autonomy tax of the last 24 hours: when maintenance took
+more than its budgeted share of wall time, tokens or cost (and there was
+enough feature work to judge), the snapshot records a `budget_exceeded`
+event on itself and logs a warning.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any
@@ -9,9 +16,11 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from interlock.domain import JobState
-from interlock.handlers import JobContext
-from interlock.tax import DAY
+from interlock.domain import EventType, JobState
+from interlock.maintenance.context import MaintenanceContext
+from interlock.tax import DAY, TaxReport
+
+log = logging.getLogger(__name__)
 
 KIND = "health.snapshot"
 
@@ -31,7 +40,22 @@ async def _rss_bytes() -> int | None:
     return int(statm.split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-async def snapshot(ctx: JobContext) -> dict[str, Any]:
+def budget_finding(report: TaxReport) -> str | None:
+    """A sentence when maintenance took more than its budgeted share, or None."""
+    if not report.over_budget:
+        return None
+    shares = report.maintenance.shares
+    over = ", ".join(
+        f"{getattr(shares, name):.0%} of {name.replace('_seconds', ' time').replace('_', ' ')}"
+        for name in report.over_budget_on
+    )
+    return (
+        f"maintenance took {over} in the last 24 h, over its budget of {report.budget:.0%}"
+        f" (tax.maintenance_budget; {report.feature.totals.jobs} feature jobs)"
+    )
+
+
+async def snapshot(ctx: MaintenanceContext) -> dict[str, Any]:
     """Lane depths, running, oldest wait per lane, stalls, approvals, store size, lag, RSS."""
     hub = ctx.hub
     now = ctx.clock.now()
@@ -39,6 +63,10 @@ async def snapshot(ctx: JobContext) -> dict[str, Any]:
     counts = await hub.counts()
     stalls = await hub.stalls(within_seconds=3600)
     tax = await hub.tax(DAY)
+    warning = budget_finding(tax)
+    if warning is not None:
+        await hub.note(ctx.job.id, EventType.BUDGET_EXCEEDED, warning)
+        log.warning("%s", warning)
     return {
         "at": now,
         "lanes": {
@@ -68,8 +96,9 @@ async def snapshot(ctx: JobContext) -> dict[str, Any]:
             "maintenance": tax.maintenance.shares.model_dump(),
             "budget": tax.budget,
             "over_budget": tax.over_budget,
+            "over_budget_on": tax.over_budget_on,
         },
-        "store_bytes": await hub.store.size_bytes(),
+        "store_bytes": await ctx.reads.size_bytes(),
         "loop_lag_seconds": round(await _loop_lag(), 6),
         "rss_bytes": await _rss_bytes(),
     }

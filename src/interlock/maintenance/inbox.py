@@ -32,9 +32,16 @@ from pydantic import ValidationError
 
 from interlock.config import InboxConfig
 from interlock.domain import JobSpec, Trigger
-from interlock.errors import LaneFull, UnknownJob, UnknownKind, UnknownLane
-from interlock.handlers import JobContext
+from interlock.errors import (
+    InvalidPayload,
+    KeyConflict,
+    LaneFull,
+    UnknownJob,
+    UnknownKind,
+    UnknownLane,
+)
 from interlock.hub import Hub
+from interlock.maintenance.context import MaintenanceContext, Probe
 
 MARKDOWN_SUFFIXES = (".md", ".markdown")
 JSON_SUFFIXES = (".json",)
@@ -229,10 +236,16 @@ class Taken:
         return entry
 
 
-async def scan(ctx: JobContext) -> dict[str, Any]:
+async def due(probe: Probe) -> bool:
+    """A file waits in the inbox."""
+    folder = probe.config.inbox.folder(probe.state_dir)
+    return bool(await anyio.to_thread.run_sync(_waiting, folder))
+
+
+async def scan(ctx: MaintenanceContext) -> dict[str, Any]:
     """Take every file waiting in the inbox folder, oldest first."""
-    settings = ctx.hub.config.inbox
-    folder = settings.folder(ctx.artifacts_root.parent)
+    settings = ctx.config.inbox
+    folder = settings.folder(ctx.state_dir)
     names = await anyio.to_thread.run_sync(_waiting, folder)
     result: dict[str, Any] = {
         "folder": str(folder),
@@ -241,16 +254,10 @@ async def scan(ctx: JobContext) -> dict[str, Any]:
         "rejected": [],
         "deferred": [],
     }
-    beat_every = ctx.lease_seconds / 3
-    last_beat = ctx.clock.now()
     for name in names:
         taken = await take(ctx.hub, folder, name, settings)
         if taken is not None:
             result[taken.outcome].append(taken.as_result())
-        if ctx.clock.now() - last_beat >= beat_every:
-            if not await ctx.heartbeat():
-                break  # the scan is no longer ours; the next one takes the rest
-            last_beat = ctx.clock.now()
     return result
 
 
@@ -266,7 +273,7 @@ async def take(hub: Hub, folder: Path, name: str, settings: InboxConfig) -> Take
     except LaneFull as exc:
         # Backpressure: the file waits in the inbox for a later scan.
         return Taken(file=name, outcome="deferred", error=exc.message)
-    except (Rejected, UnknownKind, UnknownLane, UnknownJob) as exc:
+    except (Rejected, UnknownKind, UnknownLane, UnknownJob, InvalidPayload, KeyConflict) as exc:
         message = str(exc)
         try:
             rejected_as = await anyio.to_thread.run_sync(_reject, path, message)

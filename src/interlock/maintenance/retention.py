@@ -3,7 +3,9 @@
 The backup comes first, so whatever a pass deletes is still in the newest
 backups for a while. It is SQLite's online backup (a consistent snapshot,
 taken while the daemon keeps writing) into <backup folder>/interlock-<UTC
-time>.db; after it, only the newest `retention.backups` generations stay.
+time>.db, taken when the newest backup is older than
+`retention.backup_every_seconds` (a day); after it, only the newest
+`retention.backups` generations stay.
 
 Then finished jobs (done, dead, cancelled) that ended more than
 `retention.days` ago go, with their events, oldest first, a few thousand rows
@@ -14,14 +16,17 @@ until that job has gone too, so `interlock why` never meets a hole.
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 
-from interlock.handlers import JobContext
+from interlock.config import RetentionConfig
+from interlock.maintenance.context import MaintenanceContext, Probe
 
 KIND = "store.retention"
 DAY = 86_400.0
@@ -35,41 +40,58 @@ def backup_name(at: float) -> str:
     return f"interlock-{datetime.fromtimestamp(at, UTC):%Y%m%dT%H%M%SZ}.db"
 
 
-async def retention(ctx: JobContext) -> dict[str, Any]:
-    """Back the store up and keep the newest generations; prune what ended before the window."""
-    settings = ctx.hub.config.retention
+def newest_backup(folder: Path) -> str | None:
+    """The name of the newest whole backup in `folder`, if any (blocking: run in a thread)."""
+    try:
+        names = [entry.name for entry in os.scandir(folder) if _BACKUP.fullmatch(entry.name)]
+    except FileNotFoundError:
+        return None
+    return max(names, default=None)
+
+
+def backup_due(settings: RetentionConfig, folder: Path, now: float) -> bool:
+    """Whether the newest backup is older than the backup interval (blocking)."""
+    if settings.backups == 0:
+        return False
+    newest = newest_backup(folder)
+    return newest is None or newest <= backup_name(now - settings.backup_every_seconds)
+
+
+async def due(probe: Probe) -> bool:
+    """Finished jobs past the window, or a backup that is due."""
+    settings = probe.config.retention
+    now = probe.clock.now()
+    folder = settings.folder(probe.state_dir)
+    if await anyio.to_thread.run_sync(backup_due, settings, folder, now):
+        return True
+    return await probe.reads.any_finished_before(now - settings.days * DAY)
+
+
+async def retention(ctx: MaintenanceContext) -> dict[str, Any]:
+    """Back the store up when due and keep the newest generations; prune what ended before."""
+    settings = ctx.config.retention
     now = ctx.clock.now()
     before = now - settings.days * DAY
     result: dict[str, Any] = {"backup": None, "backups_removed": [], "before": before}
-    async with anyio.create_task_group() as beating:
-        beating.start_soon(_keep_alive, ctx)
-        if settings.backups > 0:
-            folder = settings.folder(ctx.artifacts_root.parent)
-            target = await _back_up(ctx, folder, now)
-            result["backup"] = str(target)
-            result["backups_removed"] = await _rotate(folder, settings.backups, now)
-        jobs = events = 0
-        while True:
-            pruned = await ctx.hub.prune_finished(before, BATCH_ROWS)
-            if pruned.jobs == 0:
-                break
-            jobs += pruned.jobs
-            events += pruned.events
-        beating.cancel_scope.cancel()
+    folder = settings.folder(ctx.state_dir)
+    if await anyio.to_thread.run_sync(backup_due, settings, folder, now):
+        target = await _back_up(ctx, folder, now)
+        result["backup"] = str(target)
+        result["backups_removed"] = await _rotate(folder, settings.backups, now)
+    jobs = events = 0
+    while True:
+        pruned = await ctx.hub.prune_finished(before, BATCH_ROWS)
+        if pruned.jobs == 0:
+            break
+        jobs += pruned.jobs
+        events += pruned.events
+        ctx.progress(f"pruned {jobs} job(s)")
     result["pruned_jobs"] = jobs
     result["pruned_events"] = events
     return result
 
 
-async def _keep_alive(ctx: JobContext) -> None:
-    """Heartbeat while a long backup or prune runs; stop once the job is no longer ours."""
-    while True:
-        await ctx.clock.sleep_until(ctx.clock.now() + ctx.lease_seconds / 3)
-        if not await ctx.heartbeat():
-            return
-
-
-async def _back_up(ctx: JobContext, folder: Path, now: float) -> Path:
+async def _back_up(ctx: MaintenanceContext, folder: Path, now: float) -> Path:
     await anyio.Path(folder).mkdir(parents=True, exist_ok=True, mode=0o700)
     target = folder / backup_name(now)
     await ctx.hub.backup(target)

@@ -6,6 +6,11 @@ slot, so a restarted daemon computes the same moment and the same key. A
 tick that is doubled or replayed collapses into the job that already ran
 (the maintenance kinds keep their keys for a day); after downtime a timer
 fires once, for the current slot, not once per slot it missed.
+
+Before it submits, a tick asks the kind's probe whether there is anything to
+do (an expired lease, a file in the inbox, ...): a quiet daemon makes no job
+that would only record that nothing happened. Skipped ticks are counted, and
+`interlock health` shows them. A tick by hand always submits.
 """
 
 from __future__ import annotations
@@ -14,7 +19,11 @@ import contextlib
 import hashlib
 import logging
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import overload
 
 import anyio
 from cronsim import CronSim
@@ -22,8 +31,10 @@ from cronsim import CronSim
 from interlock.clock import Clock
 from interlock.config import TimerConfig
 from interlock.domain import JobSpec, SubmitResult, Trigger
-from interlock.errors import BadRequest, ConfigError, InterlockError
+from interlock.errors import BadRequest, InterlockError
+from interlock.handlers.registry import Kind
 from interlock.hub import Hub
+from interlock.maintenance.context import Probe
 
 log = logging.getLogger(__name__)
 
@@ -74,25 +85,41 @@ def slot_key(name: str, slot: int) -> str:
     return f"timer:{name}:{slot}"
 
 
+@dataclass
+class TimerStats:
+    """What a timer did since the daemon started."""
+
+    ticks: int = 0  # slots it fired for
+    submitted: int = 0  # ticks that made a job (or found the slot's job)
+    skipped: int = 0  # ticks whose probe found nothing to do
+    last_tick_at: float | None = None
+    last_job_id: int | None = None
+
+
 class Scheduler:
     """Runs every enabled timer inside the daemon's task group."""
 
-    def __init__(self, hub: Hub, clock: Clock, timers: dict[str, TimerConfig]) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        clock: Clock,
+        timers: dict[str, TimerConfig],
+        kinds: Mapping[str, Kind],
+        state_dir: Path,
+        start_delay_seconds: float = 0.0,
+    ) -> None:
         self.hub = hub
         self.clock = clock
         self.timers = timers
-
-    def check(self) -> None:
-        """Every timer names a kind that has a handler (called before the daemon starts)."""
-        for name, timer in self.timers.items():
-            if timer.kind not in self.hub.kinds:
-                raise ConfigError(
-                    f"maintenance.timers.{name}.kind: no handler for job kind {timer.kind!r}"
-                    f" (kinds: {', '.join(sorted(self.hub.kinds))})"
-                )
+        self.kinds = kinds
+        self.start_delay_seconds = start_delay_seconds
+        self.stats = {name: TimerStats() for name in timers}
+        self._probe = Probe(hub.reads, hub.config, clock, state_dir)
 
     async def run(self) -> None:
-        """Run the enabled timers until cancelled."""
+        """Run the enabled timers until cancelled, after the start delay."""
+        if self.start_delay_seconds > 0:
+            await self.clock.sleep_until(self.clock.now() + self.start_delay_seconds)
         async with anyio.create_task_group() as timers:
             for name, timer in self.timers.items():
                 if timer.enabled:
@@ -108,8 +135,14 @@ class Scheduler:
             # a suspended laptop): once, not once per missed slot.
             slot = max(next_slot(timer, slot), slot_of(timer, self.clock.now()))
 
-    async def tick(self, name: str, slot: int | None = None) -> SubmitResult:
-        """Submit the timer's job for `slot`; with no slot, run it now by hand (no key)."""
+    @overload
+    async def tick(self, name: str) -> SubmitResult: ...
+
+    @overload
+    async def tick(self, name: str, slot: int) -> SubmitResult | None: ...
+
+    async def tick(self, name: str, slot: int | None = None) -> SubmitResult | None:
+        """Submit the timer's job for `slot` if its kind has work; with no slot, now, by hand."""
         timer = self.timers.get(name)
         if timer is None:
             known = ", ".join(sorted(self.timers)) or "none"
@@ -124,6 +157,17 @@ class Scheduler:
                 source="tick",
             )
             return await self.hub.submit(spec)
+        stats = self.stats[name]
+        stats.ticks += 1
+        stats.last_tick_at = self.clock.now()
+        kind = self.kinds.get(timer.kind)
+        if kind is not None and kind.due is not None:
+            try:
+                if not await kind.due(self._probe):
+                    stats.skipped += 1
+                    return None
+            except Exception as exc:  # a probe must not stop its timer
+                log.error("timer %s: its probe failed (%s); submitting anyway", name, exc)
         due = datetime.fromtimestamp(slot_start(timer, slot), UTC).isoformat()
         spec = JobSpec(
             kind=timer.kind,
@@ -138,7 +182,10 @@ class Scheduler:
         # whatever the kind's own window: a replayed tick must collapse.
         window = max(DAY, 2 * (timer.interval_seconds or 0), self.hub.config.key_window(timer.kind))
         try:
-            return await self.hub.submit(spec, key_window_seconds=window)
+            result = await self.hub.submit(spec, key_window_seconds=window)
         except InterlockError as exc:
             log.error("timer %s: slot %s was not submitted: %s", name, slot, exc)
             raise
+        stats.submitted += 1
+        stats.last_job_id = result.job.id
+        return result

@@ -1,6 +1,15 @@
 """The Store protocol: what the hub needs from persistence, in domain terms.
 
-Only this package speaks SQL. The hub is the only caller of the write methods.
+Only this package speaks SQL. `StoreReads` is what anyone may read (the
+maintenance kinds get it through the hub); `Store` adds the writes, and the
+hub is their only caller. Every change of a job's state is a `Change` of one
+or more `Step`s, each a `domain.Move`; a store applies the steps in order, in
+one transaction, each as a compare-and-set on the states the move's rule
+allows. tests/contract/ holds the suite every implementation must pass.
+
+The hot path's messages (NewJob, Attempt, Step, Change, Changed) are plain
+slotted dataclasses, not frozen ones: a frozen one costs four times as much to
+build, and several are built for every job. Treat them as values all the same.
 """
 
 from __future__ import annotations
@@ -11,19 +20,23 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from interlock.domain import (
+    NO_USAGE,
     Event,
     EventType,
     Job,
     JobFilter,
     JobSpec,
     JobState,
+    LaneEvent,
+    Move,
     SubmitResult,
     Trigger,
+    Usage,
 )
 from interlock.tax import UsageRow
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class NewJob:
     """A submit the hub has resolved: lane, attempts and claim order decided."""
 
@@ -32,24 +45,62 @@ class NewJob:
     max_attempts: int
     order_key: float
     max_depth: int
+    fingerprint: str
     key_window_seconds: float = 0.0  # a finished job still holds its key this long
 
 
-@dataclass(frozen=True)
-class Change:
-    """One compare-and-set transition the hub asks the store to apply."""
+@dataclass(slots=True)
+class Attempt:
+    """One attempt of a job, as the worker holding its lease knows it."""
 
     job_id: int
-    target: JobState
-    allowed_from: frozenset[JobState]
-    event_type: EventType
-    trigger: Trigger | None
-    note: str
-    action: str  # the verb for the error message: "cancel", "retry", ...
+    holder: str
+    number: int
+
+
+@dataclass(slots=True)
+class Step:
+    """One move of a change, with what its event says."""
+
+    move: Move
+    note: str = ""
+    trigger: Trigger | None = None
+    event: EventType | None = None  # None: the move's own event type
     data: dict[str, Any] | None = None
-    reset_attempts: bool = False
-    uncount_attempt: bool = False  # the attempt was cut short through no fault of the job
-    lease_expired_before: float | None = None  # only if the lease is still expired then
+
+
+@dataclass(slots=True)
+class Change:
+    """Moves the hub asks the store to apply to one job, together, in order.
+
+    The guards apply to the first step: `attempt` (only the holder of this
+    attempt may make the change), `holder` (only jobs this holder leases),
+    `lease_expired_before` (only if the lease is still expired then).
+    """
+
+    job_id: int
+    steps: tuple[Step, ...]
+    action: str  # the verb for the error message: "cancel", "retry", ...
+    attempt: Attempt | None = None
+    holder: str | None = None
+    lease_expired_before: float | None = None
+    result: Any = None
+    error: str | None = None
+    usage: Usage = NO_USAGE
+    not_before: float | None = None
+    crash: bool = False  # a requeue because the job's daemon died
+    follow_ups: tuple[NewJob, ...] = ()
+    # The caller does not need the job back (a finish on the hot path): the
+    # store may skip reading and building it, and `Changed.job` is None.
+    lean: bool = False
+
+
+@dataclass(slots=True)
+class Changed:
+    """The job after a change (None for a lean change), and the follow-ups it submitted."""
+
+    job: Job | None
+    follow_ups: tuple[SubmitResult, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,6 +110,8 @@ class LaneRow:
     name: str
     paused: bool
     paused_reason: str | None
+    changed_by: str | None
+    changed_at: float | None
     queued: int
     running: int
     oldest_queued_at: float | None
@@ -75,74 +128,38 @@ class Pruned:
 CommitListener = Callable[[Sequence[Event]], None]
 
 
-class Store(Protocol):
-    """Persistence for jobs and events; every transition commits with its event."""
-
-    async def open(self) -> None:
-        """Connect and run the forward migrations."""
-        ...
-
-    async def close(self) -> None:
-        """Finish pending writes and disconnect."""
-        ...
-
-    def on_commit(self, listener: CommitListener) -> None:
-        """Call `listener` with each committed batch of events, in commit order."""
-        ...
-
-    async def submit(self, new: NewJob, now: float) -> SubmitResult: ...
-
-    async def claim(
-        self, lane: str, limit: int, holder: str, now: float, lease_until: float
-    ) -> list[Job]: ...
-
-    async def finish(
-        self, job_id: int, holder: str, attempt: int, result: Any, now: float
-    ) -> None: ...
-
-    async def fail(
-        self,
-        job_id: int,
-        holder: str,
-        attempt: int,
-        error: str,
-        now: float,
-        retry_at: float | None,
-    ) -> Job: ...
-
-    async def heartbeat(
-        self, job_id: int, holder: str, attempt: int, now: float, lease_until: float
-    ) -> bool: ...
-
-    async def change(self, change: Change, now: float) -> Job: ...
-
-    async def requeue_running(
-        self, now: float, trigger: Trigger, note: str, holder: str | None, uncount_attempt: bool
-    ) -> list[Job]: ...
-
-    async def set_lane_paused(self, lane: str, paused: bool, reason: str, now: float) -> None: ...
+class StoreReads(Protocol):
+    """What may be read, by anyone; none of it changes anything."""
 
     async def get(self, job_id: int) -> Job: ...
 
-    async def list_jobs(self, job_filter: JobFilter) -> list[Job]: ...
+    async def list_jobs(self, job_filter: JobFilter, max_bytes: int | None = None) -> list[Job]:
+        """Jobs newest first; with `max_bytes`, the page ends before it would pass that size."""
+        ...
 
     async def events(self, job_id: int) -> list[Event]: ...
+
+    async def transitions_recorded(self) -> set[tuple[JobState, JobState]]:
+        """Every (from, to) change of state any event ever recorded."""
+        ...
 
     async def lineage(self, job_id: int) -> list[Job]: ...
 
     async def lanes(self, names: Sequence[str]) -> list[LaneRow]: ...
 
+    async def lane_events(self, lane: str, limit: int) -> list[LaneEvent]: ...
+
     async def next_due(self, lane: str, now: float) -> float | None: ...
 
     async def count_by_state(self) -> dict[JobState, int]: ...
+
+    async def running(self) -> list[Job]: ...
 
     async def expired_leases(self, now: float) -> list[Job]: ...
 
     async def waiting_since(self, lane: str, before: float) -> list[Job]: ...
 
     async def recently_stalled(self, since: float) -> list[Job]: ...
-
-    async def flag(self, job_id: int, event_type: EventType, note: str, now: float) -> bool: ...
 
     async def latest_done(self, kind: str) -> Job | None: ...
 
@@ -164,6 +181,90 @@ class Store(Protocol):
         """Projects that have a live job in any lane."""
         ...
 
+    async def done_lacking(
+        self, kinds: Sequence[str], event_type: EventType, after_id: int, limit: int
+    ) -> list[Job]:
+        """Done jobs of `kinds` that have no event of `event_type`, by id after `after_id`."""
+        ...
+
+    # Probes: one cheap question each, so a timer can tell whether its kind has work.
+
+    async def any_expired_lease(self, now: float) -> bool: ...
+
+    async def any_unflagged_wait(self, lane: str, before: float) -> bool: ...
+
+    async def any_queued_since(self, lane: str, before: float) -> bool: ...
+
+    async def any_failure_since(self, after: float) -> bool: ...
+
+    async def any_finished_before(self, before: float) -> bool: ...
+
+
+class Store(StoreReads, Protocol):
+    """Persistence for jobs and events; every transition commits with its event."""
+
+    async def open(self) -> None:
+        """Connect and run the forward migrations."""
+        ...
+
+    async def close(self) -> None:
+        """Finish pending writes and disconnect, whatever fails on the way."""
+        ...
+
+    async def run_checkpoints(self) -> None:
+        """Background upkeep of the storage until cancelled (WAL checkpoints for SQLite)."""
+        ...
+
+    @property
+    def idle(self) -> bool:
+        """No read or write is waiting or running."""
+        ...
+
+    def on_commit(self, listener: CommitListener) -> None:
+        """Call `listener` with each committed batch of events, in commit order."""
+        ...
+
+    async def submit(self, new: NewJob, now: float) -> SubmitResult:
+        """Insert a queued job, or return the job that holds its key."""
+        ...
+
+    async def claim(
+        self, lane: str, limit: int, holder: str, now: float, lease_until: float
+    ) -> list[Job]:
+        """Lease up to `limit` due jobs of an open lane, best first."""
+        ...
+
+    async def change(self, change: Change, now: float) -> Changed:
+        """Apply a change's steps in order, in one transaction, or none of them."""
+        ...
+
+    async def renew_leases(
+        self,
+        holder: str,
+        attempts: Sequence[Attempt],
+        now: float,
+        lease_until: float,
+        progress: dict[int, str],
+    ) -> set[int]:
+        """Extend the leases of these attempts in one write; the job ids still held."""
+        ...
+
+    async def note(
+        self,
+        job_id: int,
+        event_type: EventType,
+        note: str,
+        now: float,
+        data: dict[str, Any] | None = None,
+        once: bool = True,
+    ) -> bool:
+        """Record an event that changes no state (once per type unless told); True if recorded."""
+        ...
+
+    async def set_lane_paused(
+        self, lane: str, paused: bool, reason: str, actor: str, now: float
+    ) -> LaneEvent: ...
+
     async def prune_finished(self, before: float, max_rows: int) -> Pruned:
         """Delete up to `max_rows` rows of finished jobs ended before `before`, with events."""
         ...
@@ -176,10 +277,4 @@ class Store(Protocol):
         self, lane: str, aging_seconds: float, now: float, limit: int
     ) -> list[int]:
         """Record an `aged` event on queued jobs of a lane that waited another aging step."""
-        ...
-
-    async def done_lacking(
-        self, kinds: Sequence[str], event_type: EventType, after_id: int, limit: int
-    ) -> list[Job]:
-        """Done jobs of `kinds` that have no event of `event_type`, by id after `after_id`."""
         ...
