@@ -96,15 +96,9 @@ class Batch:
         """An event, written with the batch; `encoded` is `data` as JSON, if already known."""
         event_id = self.next_event_id
         self.next_event_id += 1
-        self.event_rows.append(
-            event_row(
-                event_id, job_id, now, event_type, from_state, to_state, trigger, note, data,
-                encoded,
-            )  # fmt: skip
-        )
-        self.event_facts.append(
-            (event_id, job_id, now, event_type, from_state, to_state, trigger, note, data)
-        )
+        facts = (event_id, job_id, now, event_type, from_state, to_state, trigger, note, data)
+        self.event_rows.append(event_row(*facts, encoded))
+        self.event_facts.append(facts)
 
     def recorded(self, job_id: int, event_type: EventType) -> bool:
         """Whether this batch already holds an event of this type for the job."""
