@@ -182,7 +182,7 @@ def test_a_bad_json_file_is_refused_with_the_reason(content, expected):
     assert expected in rejection("job.json", content)
 
 
-# -- files that would stop every scan -----------------------------------------------------------
+# -- files that would stop every scan ----------------------------------------------------------
 
 
 def test_a_name_that_is_not_utf8_is_refused():
