@@ -187,12 +187,12 @@ async def _watch(
             retry = min(retry * 2, RETRY_MAX_SECONDS)
             continue
         retry = RETRY_FIRST_SECONDS
-        if not ready:
-            task_status.started()
-            ready = True
         # Files that came before the watch, or with a folder moved into place.
         if await anyio.to_thread.run_sync(has_waiting, folder):
             wake()
+        if not ready:
+            task_status.started()  # from here on, every arrival is an event
+            ready = True
         await _follow(inotify, watch, folder, wake)
         log.info("inbox: %s went away; making it again", folder)
 
