@@ -37,9 +37,10 @@ def inbox(tmp_path: Path) -> Path:
     return folder
 
 
-@pytest.fixture
-def umask_022() -> Iterator[None]:
-    old = os.umask(0o022)
+@pytest.fixture(params=[0o022, 0o277], ids=["umask-022", "umask-277"])
+def umask(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A common umask, and one that takes bits from the owner too (the modes must not move)."""
+    old = os.umask(request.param)
     try:
         yield
     finally:
@@ -121,7 +122,7 @@ def test_a_listing_tells_a_file_dropped_again_under_the_same_name_apart(inbox: P
     assert first.name == second.name and first != second
 
 
-def test_the_listing_makes_a_missing_folder_private(tmp_path: Path, umask_022: None):
+def test_the_listing_makes_a_missing_folder_private(tmp_path: Path, umask: None):
     folder = tmp_path / "state" / "inbox"
     assert waiting(folder) == []
     assert mode(folder) == mode(folder.parent) == 0o700
@@ -246,7 +247,7 @@ def test_a_file_that_cannot_be_read_is_refused_with_the_reason(inbox: Path):
 
 
 def test_a_rejected_file_and_its_error_are_private_and_the_file_keeps_its_mode(
-    inbox: Path, umask_022: None
+    inbox: Path, umask: None
 ):
     (inbox / "bad.md").write_bytes(b"nope")
     (inbox / "bad.md").chmod(0o640)
@@ -258,7 +259,7 @@ def test_a_rejected_file_and_its_error_are_private_and_the_file_keeps_its_mode(
     assert (inbox / "rejected" / "bad.md.error").read_text() == "bad.md: no front matter\n"
 
 
-def test_a_done_folder_is_private(inbox: Path, umask_022: None):
+def test_a_done_folder_is_private(inbox: Path, umask: None):
     (inbox / "a.md").write_bytes(TASK)
     assert move_to_done(inbox / "a.md") == inbox / "done" / "a.md"
     assert mode(inbox / "done") == 0o700
