@@ -508,3 +508,25 @@ async def test_a_file_left_in_place_is_not_taken_again_by_the_same_scan(home: Pa
         result = await scan(daemon)
         assert [entry["file"] for entry in result["deferred"]] == ["docs.md"]
         assert result["passes"] == 2
+
+
+async def test_a_submit_that_fails_unexpectedly_leaves_the_file_and_the_scan_goes_on(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_daemon(home, clock=FakeClock()) as daemon:
+        submit = daemon.hub.submit
+
+        async def failing_for_one_file(spec: JobSpec, **kwargs: Any) -> Any:
+            if "poison" in spec.reason:
+                raise RuntimeError("the store fell over")
+            return await submit(spec, **kwargs)
+
+        monkeypatch.setattr(daemon.hub, "submit", failing_for_one_file)
+        make_old(drop(daemon, "poison.json", b'{"kind": "noop"}'), 1)
+        drop(daemon, "good.json", b'{"kind": "noop", "key": "good"}')
+        result = await scan(daemon)
+        assert result["failed"] == [
+            {"file": "poison.json", "error": "RuntimeError: the store fell over"}
+        ]
+        assert [entry["file"] for entry in result["submitted"]] == ["good.json"]
+        assert files(daemon.paths.inbox_dir) == ["poison.json"]  # for the next scan

@@ -11,7 +11,8 @@ import pytest
 
 from interlock.config import Config, InboxConfig, resolve_paths
 from interlock.domain import Trigger
-from interlock.maintenance.inbox import Rejected, content_key, is_candidate, parse
+from interlock.maintenance.inbox import Rejected, content_key, parse
+from interlock.maintenance.inbox_files import is_candidate
 
 NOTE = b"""+++
 kind = "agent"

@@ -46,15 +46,12 @@ from interlock.maintenance.inbox_files import (
     REJECTED,
     Rejected,
     Waiting,
-    is_candidate,
     move_to_done,
     read_entry,
     readable_name,
     reject,
     waiting,
 )
-
-__all__ = ["Rejected", "Taken", "content_key", "is_candidate", "parse", "scan", "take"]
 
 log = logging.getLogger(__name__)
 
