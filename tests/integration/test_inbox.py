@@ -53,8 +53,9 @@ async def scan(daemon: Daemon) -> dict[str, Any]:
 
 
 async def inbox_jobs(daemon: Daemon) -> list[Any]:
+    """The jobs made from inbox files (not the scans, whatever triggered them)."""
     jobs = await daemon.hub.list_jobs(JobFilter(limit=1000))
-    return [job for job in jobs if job.trigger == Trigger.INBOX]
+    return [job for job in jobs if job.trigger == Trigger.INBOX and job.kind != "inbox.scan"]
 
 
 def drop(daemon: Daemon, name: str, content: bytes) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -185,6 +186,22 @@ async def test_when_the_folder_cannot_be_made_the_watcher_waits_quietly(
     with caplog.at_level(logging.WARNING):
         async with watching(tmp_path / "state" / "inbox", Calls()) as calls:
             await calls.stay(0)
+    assert any("cannot watch" in record.getMessage() for record in caplog.records)
+
+
+async def test_without_inotify_the_watcher_does_nothing_and_says_why(
+    inbox: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncinotify
+
+    def no_instance_left() -> None:
+        raise OSError(errno.EMFILE, "Too many open files")  # fs.inotify.max_user_instances
+
+    monkeypatch.setattr(asyncinotify, "Inotify", no_instance_left)
+    with caplog.at_level(logging.WARNING):
+        async with watching(inbox, Calls()) as calls:
+            drop(inbox, "docs.md")
+            await calls.stay(0)  # the timer's scan takes it
     assert any("cannot watch" in record.getMessage() for record in caplog.records)
 
 

@@ -122,19 +122,14 @@ async def watch_inbox(
     `on_files()` once at the start if files are already waiting. Calls never
     overlap, and one that raises is logged: watching goes on. With
     `tasks.start(...)`, returns to the starter once the folder is watched (or
-    watching was found impossible).
+    watching was found impossible). Runs on anyio's asyncio backend (the
+    inotify descriptor is read through the asyncio loop), as the daemon does.
     """
-    try:
-        from asyncinotify import Inotify
-
-        inotify = Inotify()
-    except (ImportError, RuntimeError, AttributeError, OSError) as exc:
-        # No inotify here (another system, or no descriptor left).
-        log.warning(
-            "inbox: cannot watch %s (%s); files wait for the inbox timer's scan", folder, exc
-        )
+    inotify = _open_inotify(folder)
+    if inotify is None:
         task_status.started()
         await anyio.sleep_forever()
+        return
     # One pending wake-up at most: many arrivals before the call are one call.
     send, receive = anyio.create_memory_object_stream[None](1)
 
@@ -146,6 +141,20 @@ async def watch_inbox(
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(_deliver, receive, on_files, debounce_ms / 1000)
             await _watch(inotify, folder, wake, task_status)
+
+
+def _open_inotify(folder: Path) -> Inotify | None:
+    """An inotify instance, or None (logged) where there is none to be had."""
+    try:
+        from asyncinotify import Inotify
+
+        return Inotify()
+    except (ImportError, RuntimeError, AttributeError, OSError) as exc:
+        # Another system (no inotify), or no instance left (fs.inotify.max_user_instances).
+        log.warning(
+            "inbox: cannot watch %s (%s); files wait for the inbox timer's scan", folder, exc
+        )
+        return None
 
 
 async def _deliver(
