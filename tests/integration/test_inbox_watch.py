@@ -8,18 +8,24 @@ import logging
 import os
 import shutil
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 import pytest
 
+from interlock.clock import FakeClock
+from interlock.daemon import Daemon
+from interlock.domain import JobFilter, JobSpec, JobState, Trigger
 from interlock.maintenance.inbox_watch import Verdict, verdict, watch_inbox
+from tests.harness import running_daemon, wait_for_state
 
 pytestmark = pytest.mark.anyio
 
 TASK = b'+++\nkind = "noop"\n+++\nDo it.\n'
+OnFiles = TypeVar("OnFiles", bound=Callable[[], Awaitable[None]])
 DEADLINE = 5.0
 # How long "nothing happened" is watched for. A negative cannot be waited for by an
 # event; with a debounce of 0 the watcher reacts in well under a millisecond.
@@ -53,7 +59,7 @@ class Calls:
 
 
 @asynccontextmanager
-async def watching(folder: Path, calls: Calls, debounce_ms: int = 0) -> AsyncIterator[Calls]:
+async def watching(folder: Path, calls: OnFiles, debounce_ms: int = 0) -> AsyncIterator[OnFiles]:
     async with anyio.create_task_group() as tasks:
         await tasks.start(functools.partial(watch_inbox, debounce_ms=debounce_ms), folder, calls)
         yield calls
@@ -214,6 +220,45 @@ async def test_an_on_files_that_fails_is_logged_and_watching_goes_on(
         drop(inbox, "b.md")
         await calls.reach(2)
     assert any(record.exc_info for record in caplog.records)
+
+
+# -- wired to a daemon, as daemon.py is to do ------------------------------------------------
+
+
+class ScanNow:
+    """What the daemon's on_files is to do: submit an inbox.scan that collapses only into a
+    scan still queued or running (a key window of 0), so a running scan takes the new files."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.scans: list[int] = []
+        self.submitted = anyio.Event()
+
+    async def __call__(self) -> None:
+        spec = JobSpec(
+            kind="inbox.scan",
+            key="inbox:watch",
+            trigger=Trigger.INBOX,
+            reason="files arrived in the inbox",
+            source="inbox watch",
+        )
+        submitted = await self.daemon.hub.submit(spec, key_window_seconds=0)
+        self.scans.append(submitted.job.id)
+        self.submitted.set()
+
+
+async def test_a_dropped_file_becomes_a_job_with_no_timer_running(home: Path) -> None:
+    async with (
+        running_daemon(home, clock=FakeClock()) as daemon,  # no timers
+        watching(daemon.paths.inbox_dir, ScanNow(daemon), debounce_ms=50) as scan_now,
+    ):
+        drop(daemon.paths.inbox_dir, "docs.md")
+        with anyio.fail_after(DEADLINE):
+            await scan_now.submitted.wait()
+        await wait_for_state(daemon, scan_now.scans[0], JobState.DONE)
+        (job,) = await daemon.hub.list_jobs(JobFilter(kind="noop"))
+        assert job.trigger == Trigger.INBOX and job.reason == "inbox file docs.md"
+        assert os.listdir(daemon.paths.inbox_dir / "done") == ["docs.md"]
 
 
 # -- the verdict on one event: pure ----------------------------------------------------------
