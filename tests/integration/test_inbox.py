@@ -531,3 +531,29 @@ async def test_a_submit_that_fails_unexpectedly_leaves_the_file_and_the_scan_goe
         ]
         assert [entry["file"] for entry in result["submitted"]] == ["good.json"]
         assert files(daemon.paths.inbox_dir) == ["poison.json"]  # for the next scan
+
+
+async def test_two_scans_at_once_take_each_file_once_and_replace_nothing(home: Path) -> None:
+    """The timer's scan and the watcher's may overlap (the maintenance lane runs two)."""
+    count = 40
+    async with running_daemon(home, clock=FakeClock()) as daemon:
+        for n in range(count):
+            drop(daemon, f"f{n:02}.json", json.dumps({"kind": "noop", "key": f"k{n}"}).encode())
+            drop(daemon, f"bad{n:02}.json", b"{")
+        results = []
+
+        async def one_scan() -> None:
+            results.append(await scan(daemon))
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(one_scan)
+            tasks.start_soon(one_scan)
+
+        inbox = daemon.paths.inbox_dir
+        assert names(inbox) == ["done", "rejected"]
+        assert names(inbox / "done") == [f"f{n:02}.json" for n in range(count)]
+        expected = sorted(f"bad{n:02}.json{e}" for n in range(count) for e in ("", ".error"))
+        assert names(inbox / "rejected") == expected
+        assert len(await inbox_jobs(daemon)) == count
+        taken = [e["file"] for r in results for e in r["submitted"] + r["duplicate"]]
+        assert sorted(set(taken)) == [f"f{n:02}.json" for n in range(count)]

@@ -7,11 +7,13 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from interlock.maintenance import inbox_files
 from interlock.maintenance.inbox_files import (
     NAME_MAX,
     Rejected,
@@ -158,7 +160,10 @@ def test_has_waiting_on_a_missing_folder_is_false_and_makes_nothing(tmp_path: Pa
 
 def test_a_file_is_read(inbox: Path):
     (inbox / "a.md").write_bytes(TASK)
-    assert read_entry(inbox / "a.md", 1000) == TASK
+    read = read_entry(inbox / "a.md", 1000)
+    assert read is not None and read.content == TASK
+    info = os.stat(inbox / "a.md")
+    assert read.file_id == (info.st_dev, info.st_ino)
 
 
 def test_a_link_is_refused_and_its_target_is_not_read(inbox: Path, tmp_path: Path):
@@ -198,7 +203,8 @@ def test_a_file_larger_than_the_limit_is_refused(inbox: Path):
     (inbox / "big.md").write_bytes(b"x" * 11)
     with pytest.raises(Rejected, match="too large: more than 10 bytes"):
         read_entry(inbox / "big.md", 10)
-    assert read_entry(inbox / "big.md", 11) == b"x" * 11
+    read = read_entry(inbox / "big.md", 11)
+    assert read is not None and read.content == b"x" * 11
 
 
 def test_a_vanished_file_says_so(inbox: Path):
@@ -306,3 +312,53 @@ def test_a_failed_move_takes_its_error_back(inbox: Path):
     with pytest.raises(FileNotFoundError):
         reject(inbox / "gone.md", "whatever")
     assert os.listdir(inbox / "rejected") == []
+
+
+@pytest.mark.parametrize("move", ["done", "rejected"])
+def test_a_file_replaced_after_it_was_read_is_not_moved_in_its_place(inbox: Path, move: str):
+    """A writer renamed a new version over the name between the read and the move."""
+    (inbox / "a.md").write_bytes(b"v1")
+    read = read_entry(inbox / "a.md", 1000)
+    assert read is not None
+    drop_over = inbox / ".a.md.part"
+    drop_over.write_bytes(b"v2")
+    drop_over.rename(inbox / "a.md")
+    with pytest.raises(FileNotFoundError):
+        if move == "done":
+            move_to_done(inbox / "a.md", read.file_id)
+        else:
+            reject(inbox / "a.md", "bad", read.file_id)
+    assert (inbox / "a.md").read_bytes() == b"v2"  # for the next listing
+    assert os.listdir(inbox / move) == []
+
+
+def test_two_moves_at_once_never_choose_the_same_name(inbox: Path, monkeypatch: pytest.MonkeyPatch):
+    """inbox/a.md goes to done/a.1.md (done/a.md exists), and inbox/a.1.md wants that name too.
+
+    A second scan's move runs while the first is between choosing its name and renaming;
+    it may not choose the same name, or one rename would replace the other file.
+    """
+    done = inbox / "done"
+    done.mkdir()
+    (done / "a.md").write_bytes(b"old a.md")
+    (inbox / "a.md").write_bytes(b"new a.md")
+    (inbox / "a.1.md").write_bytes(b"a.1.md")
+    real_free_name = inbox_files.free_name
+    other: list[threading.Thread] = []
+
+    def another_move_meanwhile(folder: Path, name: str, companion: str = "") -> Path:
+        target = real_free_name(folder, name, companion)
+        if not other:
+            other.append(threading.Thread(target=move_to_done, args=(inbox / "a.1.md",)))
+            other[0].start()
+            other[0].join(timeout=0.2)  # it waits for this move to end, or else lands first
+        return target
+
+    monkeypatch.setattr(inbox_files, "free_name", another_move_meanwhile)
+    move_to_done(inbox / "a.md")
+    other[0].join()
+    assert sorted(path.read_bytes() for path in done.iterdir()) == [
+        b"a.1.md",
+        b"new a.md",
+        b"old a.md",
+    ]

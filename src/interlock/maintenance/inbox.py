@@ -44,6 +44,7 @@ from interlock.hub import Hub
 from interlock.maintenance.inbox_files import (
     DONE,
     REJECTED,
+    Read,
     Rejected,
     Waiting,
     move_to_done,
@@ -282,11 +283,12 @@ async def take(hub: Hub, folder: Path, name: str, settings: InboxConfig) -> Take
     """
     path = folder / name
     shown = readable_name(name)
+    read: Read | None = None
     try:
-        content = await anyio.to_thread.run_sync(read_entry, path, settings.max_file_bytes)
-        if content is None:
+        read = await anyio.to_thread.run_sync(read_entry, path, settings.max_file_bytes)
+        if read is None:
             return None  # a FIFO, socket or folder now: left alone
-        spec = parse(name, content)
+        spec = parse(name, read.content)
         submitted = await hub.submit(spec, key_window_seconds=settings.key_window_seconds)
     except FileNotFoundError:
         return None
@@ -294,7 +296,7 @@ async def take(hub: Hub, folder: Path, name: str, settings: InboxConfig) -> Take
         # Backpressure: the file waits in the inbox for a later scan.
         return Taken(file=shown, outcome="deferred", error=exc.message)
     except (Rejected, UnknownKind, UnknownLane, UnknownJob) as exc:
-        return await _reject(path, shown, str(exc))
+        return await _reject(path, shown, str(exc), None if read is None else read.file_id)
     except Exception as exc:
         # Whatever else an entry can provoke, it must not stop the scan; the file
         # stays, and the next scan tries it again.
@@ -302,8 +304,10 @@ async def take(hub: Hub, folder: Path, name: str, settings: InboxConfig) -> Take
         return Taken(file=shown, outcome="failed", error=f"{type(exc).__name__}: {exc}")
     outcome = "duplicate" if submitted.duplicate else "submitted"
     try:
-        done_as: str | None = (await anyio.to_thread.run_sync(move_to_done, path)).name
-    except FileNotFoundError:  # taken away after its job was submitted
+        done_as: str | None = (
+            await anyio.to_thread.run_sync(move_to_done, path, read.file_id)
+        ).name
+    except FileNotFoundError:  # taken away (or replaced) after its job was submitted
         done_as = None
     except OSError as exc:
         # The job exists; the next scan's submit collapses into it and moves the file.
@@ -319,9 +323,11 @@ async def take(hub: Hub, folder: Path, name: str, settings: InboxConfig) -> Take
     return Taken(file=shown, outcome=outcome, moved_to=done_as, job_id=submitted.job.id)
 
 
-async def _reject(path: Path, shown: str, message: str) -> Taken | None:
+async def _reject(
+    path: Path, shown: str, message: str, file_id: tuple[int, int] | None
+) -> Taken | None:
     try:
-        rejected_as = await anyio.to_thread.run_sync(reject, path, message)
+        rejected_as = await anyio.to_thread.run_sync(reject, path, message, file_id)
     except FileNotFoundError:
         return None
     except OSError as exc:

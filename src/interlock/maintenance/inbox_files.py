@@ -20,6 +20,10 @@ the rest of the folder:
 
 Everything written here is private to the daemon's user whatever the umask:
 files 0600, folders 0700. A moved file keeps the mode it had.
+
+Two scans may run at once (a timer's and a watcher's): a move chooses its
+name and renames under one lock, so no file replaces another, and moves
+only the file that was read, not a newer one renamed over its name.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import hashlib
 import itertools
 import os
 import stat
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +56,10 @@ SUFFIX_MAX_BYTES = 16
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_CHUNK = 1 << 16
+# Choosing a free name and renaming onto it are one step for the scans of this process
+# (a timer's and a watcher's may run at once): otherwise both could pick the same name
+# and the second rename replace the first file. The daemon is the only writer there.
+_placing = threading.Lock()
 
 
 class Rejected(ValueError):
@@ -62,6 +71,14 @@ class Rejected(ValueError):
 
     def __str__(self) -> str:
         return self.message
+
+
+@dataclass(frozen=True)
+class Read:
+    """A regular file's content, and which file it was (so that the one moved is that one)."""
+
+    content: bytes
+    file_id: tuple[int, int]  # device, inode
 
 
 @dataclass(frozen=True)
@@ -178,7 +195,7 @@ def has_waiting(folder: Path) -> bool:
 # -- reading ---------------------------------------------------------------------------------
 
 
-def read_entry(path: Path, limit: int) -> bytes | None:
+def read_entry(path: Path, limit: int) -> Read | None:
     """The content of a regular file, at most `limit` bytes; None for any other kind of entry.
 
     Raises FileNotFoundError if the entry went away, and Rejected if it is a
@@ -215,7 +232,7 @@ def read_entry(path: Path, limit: int) -> bytes | None:
         os.close(fd)
     if size > limit:
         raise Rejected(_too_large(limit))  # it grew after the fstat
-    return b"".join(chunks)
+    return Read(b"".join(chunks), (info.st_dev, info.st_ino))
 
 
 def _link_reason(path: Path) -> str:
@@ -267,9 +284,8 @@ def free_name(folder: Path, name: str, companion: str = "") -> Path:
     """`name` in `folder`, or NAME.1.EXT, NAME.2.EXT, ...: never an entry that exists.
 
     With a `companion`, the name with it appended must be free too and fit
-    NAME_MAX. The daemon is the only writer of done/ and rejected/, so a
-    check, then a rename, cannot race another writer. A dangling link counts
-    as existing: a rename onto it would replace it.
+    NAME_MAX. A dangling link counts as existing. The callers hold the
+    placing lock from this check to their rename.
     """
     stem, suffix = _split(name)
     for number in itertools.count():
@@ -282,16 +298,23 @@ def free_name(folder: Path, name: str, companion: str = "") -> Path:
     raise AssertionError("unreachable")  # itertools.count() does not end
 
 
-def move_to_done(path: Path) -> Path:
-    """Move a taken file (it became a job) into done/ under a free name; returns where."""
+def move_to_done(path: Path, file_id: tuple[int, int] | None = None) -> Path:
+    """Move a taken file (it became a job) into done/ under a free name; returns where.
+
+    With the `file_id` of the file that was read: FileNotFoundError if the
+    entry is no longer that file (a new one was renamed over it; the next
+    listing takes the newcomer).
+    """
     into = path.parent / DONE
     make_private_dir(into)
-    target = free_name(into, readable_name(path.name))
-    os.rename(path, target)
+    with _placing:
+        _check_still(path, file_id)
+        target = free_name(into, readable_name(path.name))
+        os.rename(path, target)
     return target
 
 
-def reject(path: Path, message: str) -> Path:
+def reject(path: Path, message: str, file_id: tuple[int, int] | None = None) -> Path:
     """Move a bad entry (the link itself, for a link) to rejected/, with NAME.error beside it.
 
     The .error goes first and the move second, so that a rejected file never
@@ -299,16 +322,26 @@ def reject(path: Path, message: str) -> Path:
     the name in rejected/ may have shortened. A crash between the two leaves
     the file in the inbox (and a .error with no file beside it); the next scan
     rejects the file again under a free name. If the move fails, the .error
-    is taken back and the error raised.
+    is taken back and the error raised. `file_id` as for `move_to_done`.
     """
     into = path.parent / REJECTED
     make_private_dir(into)
-    target = free_name(into, readable_name(path.name), ERROR_SUFFIX)
-    error = target.with_name(target.name + ERROR_SUFFIX)
-    write_private(error, f"{readable_name(path.name)}: {message}\n")
-    try:
-        os.rename(path, target)
-    except OSError:
-        error.unlink(missing_ok=True)
-        raise
+    with _placing:
+        _check_still(path, file_id)
+        target = free_name(into, readable_name(path.name), ERROR_SUFFIX)
+        error = target.with_name(target.name + ERROR_SUFFIX)
+        write_private(error, f"{readable_name(path.name)}: {message}\n")
+        try:
+            os.rename(path, target)
+        except OSError:
+            error.unlink(missing_ok=True)
+            raise
     return target
+
+
+def _check_still(path: Path, file_id: tuple[int, int] | None) -> None:
+    if file_id is None:
+        return
+    info = os.lstat(path)  # FileNotFoundError if it went away
+    if (info.st_dev, info.st_ino) != file_id:
+        raise FileNotFoundError(errno.ENOENT, "replaced since it was read", str(path))
