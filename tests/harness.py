@@ -35,6 +35,11 @@ async def running_daemon(
     if "maintenance" not in config.model_fields_set:
         # Timers submit jobs of their own; tests that want them pass a maintenance config.
         config = config.model_copy(update={"maintenance": MaintenanceConfig(timers={})})
+    if "inbox" not in config.model_fields_set:
+        # The inbox watcher submits scans of its own; tests that want it pass an inbox config.
+        config = config.model_copy(
+            update={"inbox": config.inbox.model_copy(update={"watch": False})}
+        )
     if "shutdown_grace_seconds" not in config.daemon.model_fields_set:
         # Real seconds: jobs sleeping on a fake clock would hold every test for the default grace.
         config = config.model_copy(
@@ -79,6 +84,25 @@ async def _wait_until(
     try:
         with anyio.fail_after(within):
             while not await done():
+                await changed.wait()
+                changed = anyio.Event()
+    finally:
+        stop_watching()
+
+
+async def until(
+    daemon: Daemon, check: Callable[[], Awaitable[bool]], within: float = 10
+) -> None:
+    """Return once `check()` holds: asked now and after each committed batch of events."""
+    changed = anyio.Event()
+
+    def watch(notices: object) -> None:
+        changed.set()
+
+    stop_watching = daemon.bus.watch(watch)
+    try:
+        with anyio.fail_after(within):
+            while not await check():
                 await changed.wait()
                 changed = anyio.Event()
     finally:

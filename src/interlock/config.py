@@ -225,6 +225,12 @@ class InboxConfig(_Section):
     # How long an inbox job keeps its key (by default a hash of the file) after it ended.
     key_window_seconds: float = Field(default=30 * 86_400.0, ge=0)
     max_file_bytes: int = Field(default=MiB, ge=1, le=64 * MiB)
+    # A scan lists the folder again for files that arrived while it ran; at most this often.
+    max_passes: int = Field(default=10, ge=1, le=1_000)
+    # Watch the folder (inotify) and scan when a file arrives, not only on the timer.
+    watch: bool = True
+    # After the first arrival, wait this long for the rest of a burst: one scan for many files.
+    watch_debounce_ms: int = Field(default=250, ge=0, le=60_000)
 
     def folder(self, state_dir: Path) -> Path:
         """The inbox folder: `path` taken from the state folder, or <state folder>/inbox."""

@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import IO, ClassVar
 
 import anyio
+import anyio.to_thread
 from anyio.abc import TaskStatus
 
 from interlock import maintenance, systemd
 from interlock.bus import Bus
 from interlock.clock import Clock, SystemClock
 from interlock.config import Config, Paths, check_kinds
-from interlock.domain import Job
+from interlock.domain import Job, JobSpec, Trigger
 from interlock.errors import AlreadyRunning, StartupError
 from interlock.handlers import diagnostics
 from interlock.handlers.context import JobContext
@@ -28,6 +29,8 @@ from interlock.hub import Hub
 from interlock.ipc.server import Server
 from interlock.lanes import LaneRunner, LeaseKeeper, lane_order
 from interlock.maintenance.context import MaintenanceContext
+from interlock.maintenance.inbox_files import has_waiting
+from interlock.maintenance.inbox_watch import watch_inbox
 from interlock.maintenance.scheduler import Scheduler
 from interlock.store.sqlite import SQLiteStore
 
@@ -189,6 +192,8 @@ class Daemon:
                 tasks.start_soon(self.store.run_checkpoints)
                 tasks.start_soon(self.keeper.run)
                 tasks.start_soon(self.scheduler.run)
+                if self.config.inbox.watch:
+                    await tasks.start(self._watch_inbox)
                 for runner in self.runners:
                     tasks.start_soon(runner.run)
                 if self.handle_signals:
@@ -213,6 +218,41 @@ class Daemon:
                 await self.store.close()
             self.paths.socket_path.unlink(missing_ok=True)
         log.info("stopped")
+
+    async def _watch_inbox(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Scan the inbox as soon as a file arrives (the inbox timer is the safety net)."""
+        await watch_inbox(
+            self.paths.inbox_dir,
+            self.scan_inbox_now,
+            debounce_ms=self.config.inbox.watch_debounce_ms,
+            task_status=task_status,
+        )
+
+    async def scan_inbox_now(self) -> None:
+        """Submit an inbox scan, unless one is already queued or running.
+
+        A file that arrives as a running scan makes its last listing would
+        wait for the timer; so when the submit collapses into a running scan,
+        wait for it to end and look again.
+        """
+        spec = JobSpec(
+            kind="inbox.scan",
+            key="inbox:watch",
+            trigger=Trigger.INBOX,
+            reason="files arrived in the inbox",
+            source="inbox watch",
+        )
+        folder = self.paths.inbox_dir
+        while True:
+            # Window 0: collapse only into a scan that is still live.
+            result = await self.hub.submit(spec, key_window_seconds=0)
+            if not result.duplicate:
+                return
+            await self.hub.wait_ended(result.job.id)
+            if not await anyio.to_thread.run_sync(has_waiting, folder):
+                return
 
     async def _drain(self) -> None:
         """Stop claiming; give running jobs the grace period to finish."""

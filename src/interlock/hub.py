@@ -643,6 +643,31 @@ class Hub:
         """How many jobs are in each state."""
         return await self._store.count_by_state()
 
+    async def wait_ended(self, job_id: int) -> Job:
+        """Return the job once it has ended (done, dead or cancelled): woken by its events."""
+        ended = anyio.Event()
+
+        def watch(notices: Sequence[object]) -> None:
+            for notice in notices:
+                if (
+                    isinstance(notice, Event)
+                    and notice.job_id == job_id
+                    and notice.to_state is not None
+                    and notice.to_state.is_terminal
+                ):
+                    ended.set()
+
+        stop_watching = self.bus.watch(watch)
+        try:
+            job = await self.get(job_id)
+            while not job.state.is_terminal:
+                await ended.wait()
+                ended = anyio.Event()
+                job = await self.get(job_id)
+            return job
+        finally:
+            stop_watching()
+
     async def latest_done(self, kind: str) -> Job | None:
         """The newest finished job of a kind (the last health snapshot, say)."""
         return await self._store.latest_done(kind)

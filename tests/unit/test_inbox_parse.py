@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from interlock.config import Config, InboxConfig, resolve_paths
 from interlock.domain import Trigger
-from interlock.maintenance.inbox import Rejected, content_key, is_candidate, parse
+from interlock.maintenance.inbox import Rejected, content_key, parse
+from interlock.maintenance.inbox_files import is_candidate
 
 NOTE = b"""+++
 kind = "agent"
@@ -181,6 +183,32 @@ def test_a_bad_json_file_is_refused_with_the_reason(content, expected):
     assert expected in rejection("job.json", content)
 
 
+# -- files that would stop every scan ----------------------------------------------------------
+
+
+def test_a_name_that_is_not_utf8_is_refused():
+    name = os.fsdecode(b"\xff.md")  # as the folder listing gives it
+    assert rejection(name, NOTE) == "the file name is not UTF-8 text (\\xff.md): rename the file"
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("deep.json", b"[" * 100_000 + b"]" * 100_000),
+        (
+            "deep.json",
+            b'{"kind": "noop", "payload": {"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}",
+        ),
+        (
+            "deep.md",
+            b'+++\nkind = "noop"\n[payload]\na = ' + b"[" * 100_000 + b"]" * 100_000 + b"\n+++\n",
+        ),
+    ],
+)
+def test_a_file_nested_too_deeply_is_refused(name, content):
+    assert "nested too deeply" in rejection(name, content)
+
+
 # -- which files -------------------------------------------------------------------------------
 
 
@@ -200,6 +228,8 @@ def test_a_file_of_another_type_is_refused():
         ("task.md.tmp", False),
         ("task.md.part", False),
         (".task.md.swp", False),
+        ("done", False),  # the inbox's own folders
+        ("rejected", False),
     ],
 )
 def test_hidden_and_half_written_files_are_left_alone(name, taken):

@@ -10,18 +10,24 @@ submit into the job that exists, and the file moves. So nothing is lost and
 nothing becomes two jobs. A file that cannot become a job moves to
 `rejected/` with `NAME.error` beside it, which says what is wrong.
 
-The parsing is pure (`parse` and its helpers); the handler does the I/O, in
-worker threads, never on the event loop.
+One entry never stops the scan: a bad one is rejected on its own, one that
+cannot even be moved is logged and left, and the scan goes on to the next.
+After taking what its listing found, a scan lists the folder again and takes
+what arrived meanwhile (at most `inbox.max_passes` listings), so a file
+dropped while a scan runs does not wait for the next one.
+
+The parsing is pure (`parse` and its helpers); the file system is
+`inbox_files` (plain functions, run in worker threads, never on the event
+loop); the handler joins the two through the hub.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import difflib
 import hashlib
 import json
-import os
+import logging
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,37 +48,32 @@ from interlock.errors import (
 )
 from interlock.hub import Hub
 from interlock.maintenance.context import MaintenanceContext, Probe
+from interlock.maintenance.inbox_files import (
+    DONE,
+    REJECTED,
+    Read,
+    Rejected,
+    Waiting,
+    has_waiting,
+    move_to_done,
+    read_entry,
+    readable_name,
+    reject,
+    waiting,
+)
+
+log = logging.getLogger(__name__)
 
 MARKDOWN_SUFFIXES = (".md", ".markdown")
 JSON_SUFFIXES = (".json",)
-# A file still being written is best written under one of these names, then renamed.
-IGNORED_SUFFIXES = ("~", ".tmp", ".part", ".swp")
-DONE = "done"
-REJECTED = "rejected"
-ERROR_SUFFIX = ".error"
 FRONT_MATTER_FENCE = "+++"
 FRONT_MATTER_KEYS = ("kind", "lane", "priority", "project", "key", "reason", "payload")
 SPEC_KEYS = tuple(JobSpec.model_fields)
 SOURCE = "inbox"
-
-
-class Rejected(ValueError):
-    """An inbox file that cannot become a job; the message says why, for the .error file."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
+OUTCOMES = ("submitted", "duplicate", "rejected", "deferred", "failed")
 
 
 # -- parsing: pure ---------------------------------------------------------------------------
-
-
-def is_candidate(name: str) -> bool:
-    """Whether a file in the inbox is meant to be taken (not hidden, not still being written)."""
-    return not name.startswith(".") and not name.endswith(IGNORED_SUFFIXES)
 
 
 def content_key(content: bytes) -> str:
@@ -81,7 +82,14 @@ def content_key(content: bytes) -> str:
 
 
 def parse(name: str, content: bytes) -> JobSpec:
-    """The job an inbox file asks for; raises Rejected with a readable reason."""
+    """The job an inbox file asks for; raises Rejected with a readable reason.
+
+    `name` is the name as the folder listing gives it: bytes that are not
+    UTF-8 arrive as lone surrogates, and such a name is refused (it could not
+    be stored in the job's reason).
+    """
+    if readable_name(name) != name:
+        raise Rejected(f"the file name is not UTF-8 text ({readable_name(name)}): rename the file")
     suffix = Path(name).suffix.lower()
     if suffix not in MARKDOWN_SUFFIXES + JSON_SUFFIXES:
         raise Rejected(
@@ -89,8 +97,12 @@ def parse(name: str, content: bytes) -> JobSpec:
             " matter block) or .json (a job spec)"
         )
     text = _text(content)
-    fields = parse_json(text) if suffix in JSON_SUFFIXES else parse_markdown(text)
-    return _spec(name, content, fields)
+    try:
+        fields = parse_json(text) if suffix in JSON_SUFFIXES else parse_markdown(text)
+        return _spec(name, content, fields)
+    except RecursionError as exc:
+        # Thousands of nested [ or {: the parsers recurse once per level.
+        raise Rejected("nested too deeply: arrays or tables inside each other") from exc
 
 
 def parse_markdown(text: str) -> dict[str, Any]:
@@ -218,8 +230,8 @@ def _json_safe(value: Any) -> Any:
 class Taken:
     """What became of one inbox file."""
 
-    file: str
-    outcome: str  # "submitted", "duplicate", "rejected" or "deferred"
+    file: str  # its name as readable text (see inbox_files.readable_name)
+    outcome: str  # one of OUTCOMES
     moved_to: str | None = None
     job_id: int | None = None
     error: str | None = None
@@ -239,123 +251,102 @@ class Taken:
 async def due(probe: Probe) -> bool:
     """A file waits in the inbox."""
     folder = probe.config.inbox.folder(probe.state_dir)
-    return bool(await anyio.to_thread.run_sync(_waiting, folder))
+    return await anyio.to_thread.run_sync(has_waiting, folder)
 
 
 async def scan(ctx: MaintenanceContext) -> dict[str, Any]:
-    """Take every file waiting in the inbox folder, oldest first."""
+    """Take every file waiting in the inbox folder, oldest first, and those that arrive meanwhile.
+
+    The folder is listed again after each listing's files are taken, until a
+    listing brings nothing new or `inbox.max_passes` listings were made: the
+    watcher's wake-ups collapse into a scan that is already running, so the
+    running scan must take what they were about.
+    """
     settings = ctx.config.inbox
     folder = settings.folder(ctx.state_dir)
-    names = await anyio.to_thread.run_sync(_waiting, folder)
-    result: dict[str, Any] = {
-        "folder": str(folder),
-        "submitted": [],
-        "duplicate": [],
-        "rejected": [],
-        "deferred": [],
-    }
-    for name in names:
-        taken = await take(ctx.hub, folder, name, settings)
-        if taken is not None:
-            result[taken.outcome].append(taken.as_result())
+    result: dict[str, Any] = {"folder": str(folder), "passes": 0}
+    result |= {outcome: [] for outcome in OUTCOMES}
+    seen: set[Waiting] = set()
+    for _ in range(settings.max_passes):
+        listing = await anyio.to_thread.run_sync(waiting, folder)
+        result["passes"] += 1
+        # A file this scan left in place (a full lane, a failed move) is not new.
+        fresh = [entry for entry in listing if entry not in seen]
+        if not fresh:
+            break
+        for entry in fresh:
+            seen.add(entry)
+            taken = await take(ctx.hub, folder, entry.name, settings)
+            if taken is not None:
+                result[taken.outcome].append(taken.as_result())
     return result
 
 
 async def take(hub: Hub, folder: Path, name: str, settings: InboxConfig) -> Taken | None:
-    """Read, submit, move: one inbox file. None if the file went away meanwhile."""
+    """Read, submit, move: one inbox entry. None if it went away, or is not a file to take.
+
+    Never raises for anything about the entry: what could not be done is in
+    the returned Taken (outcome "failed" if the entry stays in the inbox) and
+    in the log.
+    """
     path = folder / name
+    shown = readable_name(name)
+    read: Read | None = None
     try:
-        content = await anyio.to_thread.run_sync(_read, path, settings.max_file_bytes)
-        spec = parse(name, content)
+        read = await anyio.to_thread.run_sync(read_entry, path, settings.max_file_bytes)
+        if read is None:
+            return None  # a FIFO, socket or folder now: left alone
+        spec = parse(name, read.content)
         submitted = await hub.submit(spec, key_window_seconds=settings.key_window_seconds)
     except FileNotFoundError:
         return None
     except LaneFull as exc:
         # Backpressure: the file waits in the inbox for a later scan.
-        return Taken(file=name, outcome="deferred", error=exc.message)
+        return Taken(file=shown, outcome="deferred", error=exc.message)
     except (Rejected, UnknownKind, UnknownLane, UnknownJob, InvalidPayload, KeyConflict) as exc:
-        message = str(exc)
-        try:
-            rejected_as = await anyio.to_thread.run_sync(_reject, path, message)
-        except FileNotFoundError:
-            return None
-        return Taken(file=name, outcome="rejected", moved_to=rejected_as.name, error=message)
-    done_as: str | None = None
-    with contextlib.suppress(FileNotFoundError):  # taken away after its job was submitted
-        done_as = (await anyio.to_thread.run_sync(_move, path, folder / DONE)).name
-    return Taken(
-        file=name,
-        outcome="duplicate" if submitted.duplicate else "submitted",
-        moved_to=done_as,
-        job_id=submitted.job.id,
-    )
-
-
-def _waiting(folder: Path) -> list[str]:
-    """The names of the files to take, oldest first; makes the folder if it is missing."""
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    found = []
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if not is_candidate(entry.name):
-                continue
-            try:
-                if entry.is_file():
-                    found.append((entry.stat().st_mtime, entry.name))
-            except FileNotFoundError:
-                continue  # removed while we looked
-    return [name for _, name in sorted(found)]
-
-
-def _read(path: Path, limit: int) -> bytes:
-    with path.open("rb") as file:
-        content = file.read(limit + 1)
-    if len(content) > limit:
-        raise Rejected(f"too large: more than {limit} bytes (inbox.max_file_bytes)")
-    return content
-
-
-def _free_name(folder: Path, name: str, *companions: str) -> Path:
-    """`name` in `folder`, or NAME.1.EXT, NAME.2.EXT, ...: never a file that exists.
-
-    With `companions`, the name plus each of them must be free too. The
-    daemon is the only writer of done/ and rejected/, so a check, then a
-    rename, cannot race another writer.
-    """
-    candidate = folder / name
-    stem, suffix = Path(name).stem, Path(name).suffix
-
-    def taken(path: Path) -> bool:
-        return path.exists() or any(
-            path.with_name(path.name + companion).exists() for companion in companions
+        return await _reject(path, shown, str(exc), None if read is None else read.file_id)
+    except Exception as exc:
+        # Whatever else an entry can provoke, it must not stop the scan; the file
+        # stays, and the next scan tries it again.
+        log.exception("inbox: %s could not be taken; it stays in the inbox", shown)
+        return Taken(file=shown, outcome="failed", error=f"{type(exc).__name__}: {exc}")
+    outcome = "duplicate" if submitted.duplicate else "submitted"
+    try:
+        done_as: str | None = (
+            await anyio.to_thread.run_sync(move_to_done, path, read.file_id)
+        ).name
+    except FileNotFoundError:  # taken away (or replaced) after its job was submitted
+        done_as = None
+    except OSError as exc:
+        # The job exists; the next scan's submit collapses into it and moves the file.
+        log.warning(
+            "inbox: %s is job %s but could not go to done/: %s", shown, submitted.job.id, exc
         )
-
-    number = 0
-    while taken(candidate):
-        number += 1
-        candidate = folder / f"{stem}.{number}{suffix}"
-    return candidate
-
-
-def _move(path: Path, into: Path) -> Path:
-    into.mkdir(parents=True, exist_ok=True, mode=0o700)
-    target = _free_name(into, path.name)
-    path.rename(target)
-    return target
+        return Taken(
+            file=shown,
+            outcome=outcome,
+            job_id=submitted.job.id,
+            error=f"not moved to {DONE}/: {exc}",
+        )
+    return Taken(file=shown, outcome=outcome, moved_to=done_as, job_id=submitted.job.id)
 
 
-def _reject(path: Path, message: str) -> Path:
-    """Move a bad file to rejected/, with NAME.error beside it.
-
-    The .error goes first and the move second, so that a rejected file never
-    lacks its reason. A crash between the two leaves the file in the inbox
-    (and a .error with no file beside it); the next scan rejects the file
-    again under a free name.
-    """
-    into = path.parent / REJECTED
-    into.mkdir(parents=True, exist_ok=True, mode=0o700)
-    target = _free_name(into, path.name, ERROR_SUFFIX)
-    error = target.with_name(target.name + ERROR_SUFFIX)
-    error.write_text(f"{path.name}: {message}\n", encoding="utf-8")
-    path.rename(target)
-    return target
+async def _reject(
+    path: Path, shown: str, message: str, file_id: tuple[int, int] | None
+) -> Taken | None:
+    try:
+        rejected_as = await anyio.to_thread.run_sync(reject, path, message, file_id)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning(
+            "inbox: %s is rejected (%s) but could not go to %s/: %s; it stays in the inbox",
+            shown,
+            message,
+            REJECTED,
+            exc,
+        )
+        return Taken(
+            file=shown, outcome="failed", error=f"{message} (not moved to {REJECTED}/: {exc})"
+        )
+    return Taken(file=shown, outcome="rejected", moved_to=rejected_as.name, error=message)
